@@ -1,0 +1,139 @@
+"""The run's settings: one frozen, validated Config that every module takes.
+
+Nothing past ``trainer.main`` reads absl FLAGS; it reads a Config. Values that
+follow from the Config and the hardware (per-replica batch, steps) are
+computed by the module that needs them, never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from trainer.errors import UserError
+
+DATA_SOURCES = ("auto", "aclimdb", "tfds", "keras_npz")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+PADDINGS = ("pre", "post")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Field names and defaults match the flags.
+
+    The defaults are the article's model and training recipe; see
+    ``trainer/flags.py`` for what each field means.
+    """
+
+    # Data.
+    data_source: str = "auto"
+    data_path: str = ""
+    tfds_data_dir: str = ""
+    max_train_examples: int = 0
+    max_test_examples: int = 0
+    validation_split: float = 0.1
+    # Model.
+    vocab_size: int = 10000
+    max_len: int = 500
+    embedding_dim: int = 32
+    lstm_units: int = 100
+    padding: str = "pre"
+    mask_padding: bool = False
+    # Training.
+    batch_size: int = 64
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    seed: int = 42
+    early_stopping_patience: int = 2
+    steps_per_loop: int = 1
+    # Distribution.
+    strategy: str = "auto"
+    num_gpus: int = 0
+    cpu_replicas: int = 0
+    precision: str = "auto"
+    # Outputs.
+    model_dir: str = ""
+    checkpoint_dir: str = ""
+    tensorboard_dir: str = ""
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    log_every_steps: int = 50
+    overwrite: bool = False
+    smoke_test: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns every field, for metrics.json and the HParams table."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """Returns a validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def data_source_resolved(self) -> str:
+        """The data source ``auto`` stands for: aclimdb with a path, else tfds."""
+        if self.data_source != "auto":
+            return self.data_source
+        return "aclimdb" if self.data_path else "tfds"
+
+
+def _validate(config: Config) -> None:
+    """Raises UserError naming the flag for the first invalid value."""
+    choices = {
+        "data_source": DATA_SOURCES,
+        "strategy": STRATEGIES,
+        "precision": PRECISIONS,
+        "padding": PADDINGS,
+    }
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise UserError(
+                f"--{name}={value!r} is not one of {', '.join(allowed)}; pick one of those."
+            )
+    for name in ("vocab_size", "max_len", "embedding_dim", "lstm_units", "batch_size",
+                 "epochs", "steps_per_loop", "keep_checkpoints", "log_every_steps"):
+        value = getattr(config, name)
+        if value <= 0:
+            raise UserError(f"--{name}={value} must be a positive integer.")
+    for name in ("max_train_examples", "max_test_examples", "early_stopping_patience",
+                 "num_gpus", "cpu_replicas", "checkpoint_every_steps"):
+        value = getattr(config, name)
+        if value < 0:
+            raise UserError(f"--{name}={value} must be 0 or more (0 means {_ZERO[name]}).")
+    if not 0.0 <= config.validation_split < 1.0:
+        raise UserError(
+            f"--validation_split={config.validation_split} must be in [0, 1): the fraction "
+            "of training reviews held out for validation."
+        )
+    if config.early_stopping_patience and not config.validation_split:
+        raise UserError(
+            "--early_stopping_patience needs validation data: set --validation_split > 0, "
+            "or --early_stopping_patience=0 to turn early stopping off."
+        )
+    if not config.learning_rate > 0:
+        raise UserError(f"--learning_rate={config.learning_rate} must be positive.")
+    if config.vocab_size < 3:
+        raise UserError(
+            f"--vocab_size={config.vocab_size} is too small: ids 0 and 1 are padding and "
+            "out-of-vocabulary; use at least 3 (the article uses 10000)."
+        )
+    if config.max_train_examples == 1 or config.max_test_examples == 1:
+        raise UserError(
+            "--max_train_examples and --max_test_examples take 0 (all) or at least 2, "
+            "so both classes are present."
+        )
+
+
+_ZERO = {
+    "max_train_examples": "all",
+    "max_test_examples": "all",
+    "early_stopping_patience": "off",
+    "num_gpus": "all visible GPUs",
+    "cpu_replicas": "do not split the CPU",
+    "checkpoint_every_steps": "only at epoch ends",
+}

@@ -1,0 +1,186 @@
+"""Which tf.distribute strategy runs the job, TF_CONFIG checks, and who is chief.
+
+``make_strategy`` must be the process's first TensorFlow work: device splitting
+and MultiWorkerMirroredStrategy both have to happen before TensorFlow
+initializes its devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import tensorflow as tf
+
+from trainer.config import Config
+from trainer.errors import UserError
+
+
+def parse_tf_config(raw: str | None) -> dict[str, Any] | None:
+    """Parses and checks a TF_CONFIG value; None when it is unset or empty.
+
+    Args:
+      raw: the TF_CONFIG environment variable.
+
+    Returns:
+      The parsed cluster description.
+
+    Raises:
+      UserError: with one line saying what is wrong, for anything that would
+        otherwise make TensorFlow crash or wait forever for a worker.
+    """
+    if not raw or not raw.strip():
+        return None
+    try:
+        tf_config = json.loads(raw)
+    except ValueError as error:
+        raise UserError(f"TF_CONFIG is not valid JSON ({error}); expected e.g. "
+                        '{"cluster": {"worker": ["host0:port", "host1:port"]}, '
+                        '"task": {"type": "worker", "index": 0}}.') from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
+        raise UserError('TF_CONFIG has no "cluster" object naming the workers, e.g. '
+                        '{"cluster": {"worker": ["host0:port", "host1:port"]}, ...}.')
+    cluster = tf_config["cluster"]
+    if not cluster:
+        raise UserError('TF_CONFIG "cluster" is empty; list the workers\' host:port addresses.')
+    for task_type, addresses in cluster.items():
+        if (not isinstance(addresses, list) or not addresses
+                or not all(isinstance(a, str) and ":" in a for a in addresses)):
+            raise UserError(f'TF_CONFIG cluster "{task_type}" must be a non-empty list of '
+                            f'"host:port" strings, not {json.dumps(addresses)}.')
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise UserError('TF_CONFIG has no "task" with "type" and "index": each process must '
+                        'say which cluster member it is, e.g. {"type": "worker", "index": 0}.')
+    task_type, index = task["type"], task["index"]
+    if task_type not in cluster:
+        raise UserError(f'TF_CONFIG task type "{task_type}" is not in the cluster '
+                        f'({", ".join(cluster)}).')
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(
+            cluster[task_type]):
+        raise UserError(f'TF_CONFIG task index {json.dumps(index)} is out of range: cluster '
+                        f'"{task_type}" has {len(cluster[task_type])} task(s), indices 0 to '
+                        f"{len(cluster[task_type]) - 1}.")
+    return tf_config
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    """Creates the strategy ``config.strategy`` names; ``auto`` looks at the hardware.
+
+    auto: multi_worker when TF_CONFIG names several tasks, mirrored with several
+    GPUs (or a CPU split by --cpu_replicas), one_device with one GPU, else the
+    default strategy.
+
+    Raises:
+      UserError: TF_CONFIG is malformed, or the named strategy cannot run here.
+    """
+    tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
+    # Only physical-device calls until the strategy exists: listing logical devices
+    # initializes TensorFlow, after which collectives can no longer be configured.
+    num_gpus = _configure_gpus(config)
+    name = config.strategy
+    if name == "auto":
+        num_tasks = sum(len(v) for v in tf_config["cluster"].values()) if tf_config else 0
+        if num_tasks > 1:
+            name = "multi_worker"
+        elif num_gpus > 1 or (not num_gpus and config.cpu_replicas > 1):
+            name = "mirrored"
+        elif num_gpus == 1:
+            name = "one_device"
+        else:
+            name = "default"
+    if name == "multi_worker":
+        # With no TF_CONFIG this is a valid one-worker cluster.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _make_tpu_strategy()
+    if config.cpu_replicas:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_replicas)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(devices[0].name)
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _configure_gpus(config: Config) -> int:
+    """Applies --num_gpus; returns how many GPUs the run will use."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if config.num_gpus > len(gpus):
+        raise UserError(f"--num_gpus={config.num_gpus} but TensorFlow sees {len(gpus)} "
+                        "GPU(s); use --num_gpus=0 for all of them.")
+    if config.num_gpus:
+        gpus = gpus[:config.num_gpus]
+        tf.config.set_visible_devices(gpus, "GPU")
+    for gpu in gpus:
+        # Take memory as needed, so several workers can share a GPU host.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return len(gpus)
+
+
+def _make_tpu_strategy() -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as error:
+        raise UserError(f"--strategy=tpu but no TPU was found ({error}); run on a TPU VM or "
+                        "pick another --strategy.") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The --strategy value that stands for ``strategy`` (for logs and metrics.json)."""
+    return {
+        "MirroredStrategy": "mirrored",
+        "OneDeviceStrategy": "one_device",
+        "MultiWorkerMirroredStrategy": "multi_worker",
+        "CollectiveAllReduceStrategy": "multi_worker",
+        "TPUStrategy": "tpu",
+    }.get(type(strategy).__name__, "default")
+
+
+def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
+    """(task type, task index) of this process; (None, 0) outside a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None, 0
+    return resolver.task_type, int(resolver.task_id or 0)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the shared outputs.
+
+    The ``chief`` task, or worker 0 when the cluster has no chief; any process
+    that is not part of a cluster.
+    """
+    task_type, task_id = task(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def private_dir(path: str, strategy: tf.distribute.Strategy) -> str:
+    """``path`` for the chief; a fresh temporary folder for other workers.
+
+    Every worker must take part in saving a distributed checkpoint, but only
+    the chief's copy is kept: the others write to a folder that
+    ``remove_private_dir`` deletes at the end.
+    """
+    if is_chief(strategy):
+        return path
+    task_type, task_id = task(strategy)
+    return tempfile.mkdtemp(prefix=f"imdb-{task_type}{task_id}-")
+
+
+def remove_private_dir(path: str, shared_path: str) -> None:
+    """Deletes a folder made by ``private_dir`` (never the shared one)."""
+    if path != shared_path:
+        shutil.rmtree(path, ignore_errors=True)

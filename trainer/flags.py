@@ -1,0 +1,172 @@
+"""Every command-line flag, grouped, and the one function that turns them into a Config.
+
+Defaults live in ``trainer.config.Config``; each flag reads its default from
+there so that a default is written down exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+
+from absl import flags
+
+from trainer import config as config_lib
+from trainer.errors import UserError
+
+_D = config_lib.Config()  # The defaults, read once.
+
+# --- Data -------------------------------------------------------------------
+flags.DEFINE_enum(
+    "data_source", _D.data_source, config_lib.DATA_SOURCES,
+    "Where reviews come from. auto: aclimdb when --data_path is given, else tfds. "
+    "aclimdb: an aclImdb folder or .tar.gz (read in place, nothing extracted). "
+    "tfds: tensorflow-datasets imdb_reviews. keras_npz: a Keras imdb.npz of token ids.")
+flags.DEFINE_string(
+    "data_path", _D.data_path,
+    "An aclImdb folder or a .tar.gz of it (the official aclImdb_v1.tar.gz or the labeled "
+    "part only), or an imdb.npz for --data_source=keras_npz.")
+flags.DEFINE_string(
+    "tfds_data_dir", _D.tfds_data_dir,
+    "Where tensorflow-datasets keeps imdb_reviews (default: its own, ~/tensorflow_datasets).")
+flags.DEFINE_integer(
+    "max_train_examples", _D.max_train_examples,
+    "Use a reproducible, class-balanced subset of this many training reviews (0 = all 25,000).")
+flags.DEFINE_integer(
+    "max_test_examples", _D.max_test_examples,
+    "Use a reproducible, class-balanced subset of this many test reviews (0 = all 25,000).")
+flags.DEFINE_float(
+    "validation_split", _D.validation_split,
+    "Fraction of the training reviews held out for validation and early stopping "
+    "(the test reviews are never used for either).")
+
+# --- Model ------------------------------------------------------------------
+flags.DEFINE_integer("vocab_size", _D.vocab_size,
+                     "Vocabulary size, including padding (0) and out-of-vocabulary (1) ids.")
+flags.DEFINE_integer("max_len", _D.max_len,
+                     "Tokens per review after padding or truncation (the article: 500).")
+flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Embedding width (the article: 32).")
+flags.DEFINE_integer("lstm_units", _D.lstm_units, "LSTM units (the article: 100).")
+flags.DEFINE_enum(
+    "padding", _D.padding, config_lib.PADDINGS,
+    "Side on which short reviews are padded and long ones truncated. pre is the article's "
+    "(Keras pad_sequences' default); post keeps a masked LSTM cuDNN-eligible on GPU.")
+flags.DEFINE_bool(
+    "mask_padding", _D.mask_padding,
+    "Mask padding tokens (Embedding mask_zero) so the LSTM skips them. The article does not.")
+
+# --- Training ---------------------------------------------------------------
+flags.DEFINE_integer("batch_size", _D.batch_size,
+                     "GLOBAL batch size, split evenly across all replicas (the article: 64).")
+flags.DEFINE_integer("epochs", _D.epochs, "Maximum number of passes over the training reviews.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
+flags.DEFINE_integer("seed", _D.seed, "Seed for subsets, splits, shuffling and initialization.")
+flags.DEFINE_integer(
+    "early_stopping_patience", _D.early_stopping_patience,
+    "Stop after this many epochs without a lower validation loss, and keep the weights of the "
+    "best epoch (0 = off: train all --epochs and keep the last weights).")
+flags.DEFINE_integer(
+    "steps_per_loop", _D.steps_per_loop,
+    "Training steps run inside one tf.function call; more means less Python overhead.")
+
+# --- Distribution and performance ---------------------------------------------
+flags.DEFINE_enum(
+    "strategy", _D.strategy, config_lib.STRATEGIES,
+    "tf.distribute strategy. auto: multi_worker when TF_CONFIG names several tasks, mirrored "
+    "with several GPUs, one_device with one, the default strategy on CPU.")
+flags.DEFINE_integer("num_gpus", _D.num_gpus,
+                     "Use only the first N visible GPUs (0 = all of them).")
+flags.DEFINE_integer(
+    "cpu_replicas", _D.cpu_replicas,
+    "Split the CPU into N logical devices, so --strategy=mirrored runs N replicas on a machine "
+    "without GPUs (0 = do not split). For trying and testing distributed training.")
+flags.DEFINE_enum(
+    "precision", _D.precision, config_lib.PRECISIONS,
+    "Keras dtype policy. auto: mixed_float16 on a GPU, float32 on CPU (where mixed precision "
+    "is no faster). The output layer always computes in float32.")
+
+# --- Outputs ----------------------------------------------------------------
+flags.DEFINE_string(
+    "model_dir", _D.model_dir,
+    "Where everything the run writes goes: metrics.json, vocabulary, model, checkpoints, "
+    "TensorBoard logs. Local or gs://. Default: $AIP_MODEL_DIR if set (Vertex AI), else a new "
+    "./runs/<timestamp>. Give an existing one to resume it.")
+flags.DEFINE_string(
+    "checkpoint_dir", _D.checkpoint_dir,
+    "Checkpoints. Default: $AIP_CHECKPOINT_DIR if set, else <model_dir>/checkpoints.")
+flags.DEFINE_string(
+    "tensorboard_dir", _D.tensorboard_dir,
+    "TensorBoard event files. Default: $AIP_TENSORBOARD_LOG_DIR if set, else "
+    "<model_dir>/tensorboard.")
+flags.DEFINE_integer(
+    "checkpoint_every_steps", _D.checkpoint_every_steps,
+    "Also checkpoint every N training steps, not only at epoch ends (0 = epoch ends only).")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept on disk.")
+flags.DEFINE_integer("log_every_steps", _D.log_every_steps,
+                     "Print a progress line every N training steps within an epoch.")
+flags.DEFINE_bool("overwrite", _D.overwrite,
+                  "Start over in a --model_dir that holds a finished run, instead of stopping.")
+flags.DEFINE_bool(
+    "smoke_test", _D.smoke_test,
+    "Prove the whole path in about a minute on 2 CPU cores: a few thousand reviews, short "
+    "sequences, few epochs. Flags given explicitly still win over the preset.")
+
+# A preset, not a separate code path: the smoke test runs the same job on less data.
+SMOKE_TEST_PRESET = {
+    "max_train_examples": 4000,
+    "max_test_examples": 2000,
+    "max_len": 128,
+    "epochs": 3,
+    "early_stopping_patience": 0,
+    "log_every_steps": 20,
+}
+
+
+def to_config(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
+    """Builds the run's Config from parsed flags, the smoke preset and Vertex AI's env.
+
+    Args:
+      flag_values: parsed absl flags.
+
+    Returns:
+      The validated Config.
+
+    Raises:
+      UserError: a value is invalid.
+    """
+    values = {
+        field.name: flag_values[field.name].value
+        for field in dataclasses.fields(config_lib.Config)
+    }
+    if values["smoke_test"]:
+        for name, preset in SMOKE_TEST_PRESET.items():
+            if not flag_values[name].present:
+                values[name] = preset
+    # Vertex AI custom jobs name their output folders in these variables.
+    model_dir = values["model_dir"] or os.environ.get("AIP_MODEL_DIR")
+    if not model_dir:
+        if _is_cluster():
+            raise UserError(
+                "--model_dir is required when TF_CONFIG is set: give every worker the same "
+                "folder (on a shared file system or gs://) so they can checkpoint and resume.")
+        model_dir = _new_run_dir()
+    values["model_dir"] = model_dir.rstrip("/")
+    values["checkpoint_dir"] = (values["checkpoint_dir"] or os.environ.get("AIP_CHECKPOINT_DIR")
+                                or f"{values['model_dir']}/checkpoints").rstrip("/")
+    values["tensorboard_dir"] = (values["tensorboard_dir"]
+                                 or os.environ.get("AIP_TENSORBOARD_LOG_DIR")
+                                 or f"{values['model_dir']}/tensorboard").rstrip("/")
+    return config_lib.Config(**values)
+
+
+def _is_cluster() -> bool:
+    try:
+        return bool(json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster"))
+    except (ValueError, AttributeError):
+        return False  # Malformed: trainer.distribute says precisely what is wrong.
+
+
+def _new_run_dir() -> str:
+    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))

@@ -1,0 +1,301 @@
+"""One training loop for every strategy: steps, epochs, validation, early stopping, checkpoints.
+
+``model.fit`` fails under MultiWorkerMirroredStrategy in Keras 3 (DESIGN.md),
+so the loop is written out: ``train_steps`` and ``evaluate`` run replica
+functions through ``strategy.run`` inside ``tf.function``; the epoch loop is
+plain Python over them. The state that lets a run resume (model, optimizer and
+its step, the epoch, the position within it, early-stopping bookkeeping,
+history) all lives in one ``tf.train.Checkpoint``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import keras
+import tensorflow as tf
+
+from trainer import data
+from trainer.config import Config
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Reporter(Protocol):
+    """Receives progress; ``trainer.summaries`` prints it and writes TensorBoard."""
+
+    def train_progress(self, step: int, epoch: int, epoch_step: int, steps_in_epoch: int,
+                       metrics: dict[str, float]) -> None: ...
+
+    def epoch_end(self, step: int, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclasses.dataclass
+class Totals:
+    """Sums over examples, so that averages are exact for any batch or replica split."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+
+    def add(self, stats: tf.Tensor | list[float]) -> None:
+        loss_sum, correct, count = (float(x) for x in stats)
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.count += count
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        count = max(self.count, 1.0)
+        return {f"{prefix}/loss": self.loss_sum / count,
+                f"{prefix}/accuracy": self.correct / count}
+
+
+@dataclasses.dataclass
+class Datasets:
+    """The encoded (cached) splits and the global batch size."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset
+    global_batch_size: int
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What ``fit`` did, for metrics.json."""
+
+    epochs_completed: int
+    train_steps: int
+    train_examples_per_sec: float
+    best_epoch: int
+    stopped_early: bool
+    history: list[dict[str, Any]]
+
+
+class Loop:
+    """Owns the compiled step functions and the checkpointed training state."""
+
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy, model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer, global_batch_size: int) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.global_batch_size = global_batch_size
+        with strategy.scope():
+            # Built now so that the checkpoint covers the slot variables from step 0.
+            optimizer.build(model.trainable_variables)
+        # Bookkeeping, identical on every replica and worker: plain variables.
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # Epochs completed.
+        self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False)  # Steps into it.
+        self.epoch_totals = tf.Variable([0.0, 0.0, 0.0], dtype=tf.float64, trainable=False)
+        self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.history = tf.Variable("[]", dtype=tf.string, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=self.epoch, epoch_step=self.epoch_step,
+            epoch_totals=self.epoch_totals, best_val_loss=self.best_val_loss,
+            best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, history=self.history)
+        self.best_weights = tf.train.Checkpoint(model=model)
+        self._train_steps = self._make_train_steps()
+        self._eval_step = self._make_eval_step()
+
+    @property
+    def step(self) -> int:
+        """Training steps taken so far (the optimizer's counter, checkpointed)."""
+        return int(self.optimizer.iterations.numpy())
+
+    # --- Compiled functions -------------------------------------------------------------
+
+    def _make_train_steps(self) -> Callable[[Any, tf.Tensor], tf.Tensor]:
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        global_batch_size = self.global_batch_size
+
+        def replica_step(ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                probs = model(ids, training=True)
+                per_example = keras.losses.binary_crossentropy(
+                    tf.cast(labels[:, None], probs.dtype), probs)
+                # Divide by the GLOBAL batch: the replicas' gradients are summed.
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+                scaled_loss = optimizer.scale_loss(loss)  # Loss scaling under mixed_float16.
+            gradients = tape.gradient(scaled_loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+            return _sums(per_example, probs, labels)
+
+        @tf.function
+        def train_steps(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+            """Runs up to num_steps steps; returns [loss sum, correct, examples, steps]."""
+            totals = tf.zeros([4], tf.float64)
+            for _ in tf.range(num_steps):
+                batch = iterator.get_next_as_optional()
+                if not batch.has_value():
+                    break
+                sums = strategy.run(replica_step, args=batch.get_value())
+                sums = strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+                totals += tf.concat([sums, tf.ones([1], tf.float64)], axis=0)
+            return totals
+
+        return train_steps
+
+    def _make_eval_step(self) -> Callable[[Any], tf.Tensor]:
+        model, strategy = self.model, self.strategy
+
+        def replica_step(ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+            probs = model(ids, training=False)
+            per_example = keras.losses.binary_crossentropy(
+                tf.cast(labels[:, None], probs.dtype), probs)
+            return _sums(per_example, probs, labels)
+
+        @tf.function
+        def eval_step(batch: Any) -> tf.Tensor:
+            sums = strategy.run(replica_step, args=batch)
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+        return eval_step
+
+    # --- Epochs -------------------------------------------------------------------------
+
+    def evaluate(self, encoded: tf.data.Dataset, prefix: str) -> dict[str, float]:
+        """Loss and accuracy over every example of an encoded split."""
+        batches = data.batches(encoded, self.config, global_batch_size=self.global_batch_size)
+        totals = Totals()
+        for batch in self.strategy.experimental_distribute_dataset(batches):
+            totals.add(self._eval_step(batch))
+        return totals.metrics(prefix)
+
+    def fit(self, datasets: Datasets, reporter: Reporter,
+            manager: tf.train.CheckpointManager,
+            best_manager: tf.train.CheckpointManager | None) -> FitResult:
+        """Trains until --epochs or early stopping, from wherever the checkpoint left off.
+
+        Args:
+          datasets: encoded splits.
+          reporter: receives progress lines and summaries.
+          manager: saves the training state (every --checkpoint_every_steps and
+            at each epoch end).
+          best_manager: saves the weights of the best validation epoch; None
+            without early stopping.
+
+        Returns:
+          What was done, over the whole run including earlier, resumed attempts.
+
+        Raises:
+          TrainingDivergedError: the loss became NaN or infinite (nothing is saved).
+        """
+        config = self.config
+        steps_in_epoch = int(datasets.train.cardinality()) // self.global_batch_size
+        train_seconds, train_examples = 0.0, 0.0
+        while int(self.epoch) < config.epochs and not self._should_stop():
+            epoch = int(self.epoch) + 1
+            skip = int(self.epoch_step)
+            totals = Totals(*self.epoch_totals.numpy()) if skip else Totals()
+            epoch_batches = data.batches(
+                datasets.train, config, global_batch_size=self.global_batch_size,
+                shuffle_seed=config.seed * 1000 + epoch, drop_remainder=True).skip(skip)
+            iterator = iter(self.strategy.experimental_distribute_dataset(epoch_batches))
+            epoch_start = time.perf_counter()
+            epoch_step = skip
+            while True:
+                loop_start_step = self.step
+                sums = self._train_steps(iterator, tf.constant(config.steps_per_loop))
+                steps_done = int(sums[3])
+                if not steps_done:
+                    break
+                epoch_step += steps_done
+                totals.add(sums[:3])
+                if not math.isfinite(float(sums[0])):
+                    raise TrainingDivergedError(
+                        f"training loss became {float(sums[0]) / float(sums[2])} at step "
+                        f"{self.step} (epoch {epoch}); the last good checkpoint in "
+                        f"{config.checkpoint_dir} is kept. Try a lower --learning_rate.")
+                self.epoch_step.assign(epoch_step)
+                self.epoch_totals.assign([totals.loss_sum, totals.correct, totals.count])
+                if _crossed(loop_start_step, self.step, config.log_every_steps):
+                    seconds = time.perf_counter() - epoch_start
+                    reporter.train_progress(self.step, epoch, epoch_step, steps_in_epoch, {
+                        **totals.metrics("train"),
+                        "train/examples_per_sec": (epoch_step - skip)
+                        * self.global_batch_size / max(seconds, 1e-9)})
+                if _crossed(loop_start_step, self.step, config.checkpoint_every_steps):
+                    manager.save(checkpoint_number=self.step)
+            seconds = time.perf_counter() - epoch_start
+            examples = (epoch_step - skip) * self.global_batch_size
+            train_seconds += seconds
+            train_examples += examples
+            metrics = {**totals.metrics("train"),
+                       "train/examples_per_sec": examples / max(seconds, 1e-9),
+                       "train/epoch_seconds": seconds}
+            if datasets.validation is not None:
+                metrics.update(self.evaluate(datasets.validation, "val"))
+                self._track_best(epoch, metrics["val/loss"], best_manager)
+            history = json.loads(self.history.numpy().decode())
+            history.append({"epoch": epoch, "step": self.step, **metrics})
+            self.history.assign(json.dumps(history))
+            self.epoch.assign(epoch)
+            self.epoch_step.assign(0)
+            manager.save(checkpoint_number=self.step)
+            reporter.epoch_end(self.step, epoch, metrics)
+        stopped_early = self._should_stop()
+        if best_manager is not None and best_manager.latest_checkpoint:
+            # Early stopping keeps the best epoch's weights, not the last one's.
+            self.best_weights.restore(best_manager.latest_checkpoint).expect_partial()
+        return FitResult(
+            epochs_completed=int(self.epoch), train_steps=self.step,
+            train_examples_per_sec=train_examples / train_seconds if train_seconds else 0.0,
+            best_epoch=int(self.best_epoch), stopped_early=stopped_early,
+            history=json.loads(self.history.numpy().decode()))
+
+    def _track_best(self, epoch: int, val_loss: float,
+                    best_manager: tf.train.CheckpointManager | None) -> None:
+        if val_loss < float(self.best_val_loss):
+            self.best_val_loss.assign(val_loss)
+            self.best_epoch.assign(epoch)
+            self.bad_epochs.assign(0)
+            if best_manager is not None:
+                best_manager.save(checkpoint_number=epoch)
+        else:
+            self.bad_epochs.assign_add(1)
+
+    def _should_stop(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return bool(patience) and int(self.bad_epochs) >= patience
+
+
+def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """[sum of losses, correct predictions, examples] of one replica's batch, float64."""
+    predicted = tf.cast(probs[:, 0] > 0.5, labels.dtype)
+    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float64))
+    return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)), correct,
+                     tf.cast(tf.size(labels), tf.float64)])
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (before, after]; never for every == 0."""
+    return bool(every) and after // every > before // every
+
+
+def make_managers(loop: Loop, config: Config, checkpoint_dir: str
+                  ) -> tuple[tf.train.CheckpointManager, tf.train.CheckpointManager | None]:
+    """Managers for the training state and (with early stopping) the best weights.
+
+    Args:
+      loop: owns the checkpoints.
+      config: keep_checkpoints and early_stopping_patience.
+      checkpoint_dir: this process's folder (see ``distribute.private_dir``).
+    """
+    manager = tf.train.CheckpointManager(loop.checkpoint, checkpoint_dir,
+                                         max_to_keep=config.keep_checkpoints)
+    best = None
+    if config.early_stopping_patience:
+        best = tf.train.CheckpointManager(loop.best_weights, f"{checkpoint_dir}/best",
+                                          max_to_keep=1)
+    return manager, best

@@ -1,0 +1,82 @@
+"""The article's model, its optimizer, and whether its LSTM can run on cuDNN."""
+
+from __future__ import annotations
+
+import keras
+
+from trainer.config import Config
+
+LSTM_LAYER_NAME = "lstm"
+
+
+def build(config: Config) -> keras.Model:
+    """``Embedding(vocab_size, 32) -> LSTM(100) -> Dense(1, sigmoid)``: 373,301 parameters.
+
+    Call inside ``strategy.scope()`` with the dtype policy already set. The
+    input length is left open (None) so that length-bucketed batches of any
+    width run through the same weights.
+
+    Args:
+      config: vocab_size, embedding_dim, lstm_units, mask_padding.
+
+    Returns:
+      An unbuilt-optimizer Keras model whose output is P(positive), float32.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(shape=(None,), dtype="int32", name="token_ids"),
+            keras.layers.Embedding(config.vocab_size, config.embedding_dim,
+                                   mask_zero=config.mask_padding, name="embedding"),
+            # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
+            # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
+            keras.layers.LSTM(config.lstm_units, name=LSTM_LAYER_NAME),
+            # Under mixed precision the sigmoid and the loss must stay float32.
+            keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="positive"),
+        ],
+        name="imdb_lstm",
+    )
+
+
+def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
+    """Adam at ``learning_rate``; wrapped in loss scaling under mixed_float16.
+
+    Call inside ``strategy.scope()`` after the dtype policy is set.
+    """
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    if keras.config.dtype_policy().name == "mixed_float16":
+        # float16 gradients underflow without it; bfloat16 has float32's range.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def cudnn_blockers(model: keras.Model, config: Config) -> list[str]:
+    """Why the LSTM could NOT use the fused cuDNN kernel on a GPU; empty if it can.
+
+    Keras picks the kernel silently (``keras/src/layers/rnn/lstm.py`` and
+    ``keras/src/backend/tensorflow/rnn.py``): it needs tanh, a sigmoid
+    recurrent activation, no recurrent dropout, no unrolling, a bias, and masks
+    that are strictly right-padded. This reports the settings, not the device.
+
+    Args:
+      model: from ``build``.
+      config: padding and mask_padding.
+
+    Returns:
+      One readable reason per blocking setting.
+    """
+    lstm = model.get_layer(LSTM_LAYER_NAME)
+    blockers = []
+    if lstm.activation is not keras.activations.tanh:
+        blockers.append("LSTM activation is not tanh")
+    if lstm.recurrent_activation is not keras.activations.sigmoid:
+        blockers.append("LSTM recurrent_activation is not sigmoid")
+    if lstm.recurrent_dropout:
+        blockers.append("LSTM recurrent_dropout is not 0")
+    if lstm.unroll:
+        blockers.append("LSTM unroll=True")
+    if not lstm.use_bias:
+        blockers.append("LSTM use_bias=False")
+    if config.mask_padding and config.padding != "post":
+        blockers.append("--mask_padding with --padding=pre: cuDNN needs right-padded masks; "
+                        "use --padding=post")
+    return blockers
