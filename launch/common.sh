@@ -79,9 +79,9 @@ shquote() {
 
 # quote_words WORD...: the words as one line of shell, each quoted as needed.
 quote_words() {
-  local word out=()
-  for word in "$@"; do out+=("$(shquote "$word")"); done
-  printf '%s' "${out[*]}"
+  local word quoted=()
+  for word in "$@"; do quoted+=("$(shquote "$word")"); done
+  printf '%s' "${quoted[*]}"
 }
 
 # quote_cmd WORD...: a copy-pasteable command line; long ones get one --flag per line.

@@ -44,8 +44,8 @@ command=${ARGS[0]:-create}
 ((${#ARGS[@]} <= 1)) || die "unexpected argument ${ARGS[1]}"
 [[ $VM_NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
   die "VM_NAME=$VM_NAME: use lowercase letters, digits and dashes, starting with a letter"
-require BUCKET gs://YOUR_BUCKET/tf-imdb
-[[ $BUCKET == gs://* ]] || die "BUCKET=$BUCKET must be a gs:// folder"
+if [[ $command == create || $command == results ]]; then require BUCKET gs://YOUR_BUCKET/tf-imdb; fi
+[[ -z $BUCKET || $BUCKET == gs://* ]] || die "BUCKET=$BUCKET must be a gs:// folder"
 output_dir=${BUCKET%/}/$VM_NAME
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE,,}
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE//_/-}   # Vertex's NVIDIA_TESLA_T4 works here too

@@ -40,6 +40,7 @@ class Config:
     lstm_units: int = 100
     padding: str = "pre"
     mask_padding: bool = False
+    bucket_by_length: bool = False
     # Training.
     batch_size: int = 64
     epochs: int = 10
@@ -59,6 +60,7 @@ class Config:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
     log_every_steps: int = 50
+    profile_steps: str = ""
     overwrite: bool = False
     smoke_test: bool = False
 
@@ -72,6 +74,14 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """Returns a validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def profile_window(self) -> tuple[int, int] | None:
+        """(first, last) training step to trace, from ``profile_steps``; None if unset."""
+        if not self.profile_steps:
+            return None
+        first, last = (int(part) for part in self.profile_steps.split(","))
+        return first, last
 
     @property
     def data_source_resolved(self) -> str:
@@ -122,6 +132,12 @@ def _validate(config: Config) -> None:
             f"--vocab_size={config.vocab_size} is too small: ids 0 and 1 are padding and "
             "out-of-vocabulary; use at least 3 (the article uses 10000)."
         )
+    if config.profile_steps:
+        parts = config.profile_steps.split(",")
+        if (len(parts) != 2 or not all(p.strip().isdigit() for p in parts)
+                or not 0 < int(parts[0]) <= int(parts[1])):
+            raise UserError(f"--profile_steps={config.profile_steps!r} must be START,STOP: two "
+                            "step numbers with 0 < START <= STOP, e.g. 10,15.")
     if config.max_train_examples == 1 or config.max_test_examples == 1:
         raise UserError(
             "--max_train_examples and --max_test_examples take 0 (all) or at least 2, "

@@ -57,6 +57,11 @@ flags.DEFINE_bool(
     "mask_padding", _D.mask_padding,
     "Mask padding tokens (Embedding mask_zero) so the LSTM skips them. The article does not.")
 
+flags.DEFINE_bool(
+    "bucket_by_length", _D.bucket_by_length,
+    "Batch reviews of similar length together, right-pad each batch only to its longest "
+    "review and mask the padding, so the LSTM skips most of the padding work.")
+
 # --- Training ---------------------------------------------------------------
 flags.DEFINE_integer("batch_size", _D.batch_size,
                      "GLOBAL batch size, split evenly across all replicas (the article: 64).")
@@ -106,6 +111,10 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept on disk.")
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps,
                      "Print a progress line every N training steps within an epoch.")
+flags.DEFINE_string(
+    "profile_steps", _D.profile_steps,
+    "START,STOP: record a TensorBoard profiler trace of these training steps (e.g. 10,15); "
+    "empty = no profiling.")
 flags.DEFINE_bool("overwrite", _D.overwrite,
                   "Start over in a --model_dir that holds a finished run, instead of stopping.")
 flags.DEFINE_bool(
