@@ -1,0 +1,99 @@
+"""Shared fixtures: the real IMDB archive, tiny aclImdb trees, and running the trainer."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Words that carry the label, so a tiny model can learn something from tiny data.
+_POSITIVE = "great wonderful superb loved brilliant moving best enjoyable"
+_NEGATIVE = "awful boring worst terrible waste dull hated poor"
+_NEUTRAL = "the film movie plot actor scene story director and a of it"
+
+
+def review_text(label: str, index: int) -> str:
+    """A deterministic review whose words lean towards ``label``."""
+    cue = (_POSITIVE if label == "pos" else _NEGATIVE).split()
+    neutral = _NEUTRAL.split()
+    words = [neutral[(index * 7 + i) % len(neutral)] for i in range(12 + index % 9)]
+    for i in range(3):
+        words.insert((index + 5 * i) % len(words), cue[(index + i) % len(cue)])
+    return " ".join(words).capitalize() + ".<br /><br />" + cue[index % len(cue)].upper() + "!"
+
+
+def aclimdb_files(per_class: int = 12, unsup: bool = False) -> dict[str, bytes]:
+    """{member name: bytes} of an aclImdb tree with per_class reviews per split and class."""
+    files = {"aclImdb/README": b"tiny test copy\n", "aclImdb/imdb.vocab": b"the\n"}
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            for i in range(per_class):
+                rating = 8 if label == "pos" else 2
+                text = review_text(label, i + (100 if split == "test" else 0))
+                files[f"aclImdb/{split}/{label}/{i}_{rating}.txt"] = text.encode()
+    if unsup:
+        files["aclImdb/train/unsup/0_0.txt"] = b"unlabeled review that must be skipped"
+    return files
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root / "aclImdb"
+
+
+def write_archive(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def imdb_archive() -> str:
+    """The real labeled IMDB archive, from $IMDB_ARCHIVE (.ci/run sets it)."""
+    path = os.environ.get("IMDB_ARCHIVE", "")
+    if not path or not os.path.isfile(path):
+        pytest.skip("IMDB_ARCHIVE is not set to the real aclImdb archive (.ci/run sets it to "
+                    "../shared/data/aclImdb_v1_labeled.tar.gz); skipping tests that need it")
+    return path
+
+
+@pytest.fixture
+def tiny_aclimdb(tmp_path: Path) -> Path:
+    """An aclImdb folder with 12 reviews per split and class."""
+    return write_tree(tmp_path / "tree", aclimdb_files())
+
+
+@pytest.fixture
+def tiny_archive(tmp_path: Path) -> Path:
+    """An aclImdb .tar.gz like the official one (with train/unsup), 12 reviews per class."""
+    return write_archive(tmp_path / "aclImdb_v1.tar.gz", aclimdb_files(unsup=True))
+
+
+@pytest.fixture(scope="session")
+def run_trainer() -> Callable[..., subprocess.CompletedProcess]:
+    """Runs ``python -m trainer.main *flags`` in a subprocess; returns the finished process."""
+
+    def run(*flags: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        # A cluster or Vertex AI setting leaking in from the caller would change the run.
+        full_env = {k: v for k, v in os.environ.items()
+                    if k != "TF_CONFIG" and not k.startswith("AIP_")}
+        full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+        return subprocess.run([sys.executable, "-m", "trainer.main", *flags], cwd=REPO,
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
+
+    return run

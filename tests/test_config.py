@@ -1,0 +1,94 @@
+"""trainer/config.py and trainer/flags.py: validation, presets, defaults from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from absl import flags as absl_flags
+
+from trainer import flags
+from trainer.config import Config
+from trainer.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv: str) -> Config:
+    values = absl_flags.FlagValues()
+    for name, flag in absl_flags.FLAGS._flags().items():  # A fresh copy of every flag.
+        if name in {f.name for f in dataclasses.fields(Config)}:
+            values[name] = flag
+    values.unparse_flags()
+    values(["trainer", *argv])
+    return flags.to_config(values)
+
+
+def test_defaults_are_the_articles_model():
+    config = Config()
+    assert (config.vocab_size, config.max_len, config.embedding_dim, config.lstm_units,
+            config.batch_size, config.learning_rate) == (10000, 500, 32, 100, 64, 1e-3)
+
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"batch_size": 0}, "--batch_size=0"),
+    ({"epochs": -1}, "--epochs=-1"),
+    ({"max_len": 0}, "--max_len=0"),
+    ({"strategy": "parameter_server"}, "--strategy='parameter_server'"),
+    ({"validation_split": 1.0}, "--validation_split=1.0"),
+    ({"max_train_examples": -5}, "--max_train_examples=-5"),
+    ({"learning_rate": 0.0}, "--learning_rate=0.0"),
+    ({"profile_steps": "5"}, "--profile_steps='5'"),
+    ({"profile_steps": "9,3"}, "--profile_steps='9,3'"),
+])
+def test_invalid_values_name_the_flag(changes, flag):
+    with pytest.raises(UserError) as error:
+        Config(**changes)
+    assert str(error.value).startswith(flag)
+
+
+def test_early_stopping_needs_validation_data():
+    with pytest.raises(UserError, match="--validation_split"):
+        Config(validation_split=0.0, early_stopping_patience=2)
+
+
+def test_smoke_preset_yields_to_explicit_flags(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = parse("--smoke_test", "--epochs=1", "--model_dir=/tmp/x")
+    assert config.epochs == 1
+    assert config.max_train_examples == flags.SMOKE_TEST_PRESET["max_train_examples"]
+    assert config.max_len == flags.SMOKE_TEST_PRESET["max_len"]
+
+
+def test_output_folders_default_under_model_dir_or_vertex_variables(monkeypatch):
+    for name in ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = parse("--model_dir=/tmp/run/")
+    assert (config.model_dir, config.checkpoint_dir, config.tensorboard_dir) == (
+        "/tmp/run", "/tmp/run/checkpoints", "/tmp/run/tensorboard")
+    assert parse().model_dir.startswith("runs/")
+    monkeypatch.setenv("AIP_MODEL_DIR", "gs://bucket/job/model/")
+    monkeypatch.setenv("AIP_CHECKPOINT_DIR", "gs://bucket/job/checkpoints/")
+    monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", "gs://bucket/job/logs/")
+    config = parse()
+    assert (config.model_dir, config.checkpoint_dir, config.tensorboard_dir) == (
+        "gs://bucket/job/model", "gs://bucket/job/checkpoints", "gs://bucket/job/logs")
+
+
+def test_a_cluster_needs_an_explicit_model_dir(monkeypatch):
+    for name in ("AIP_MODEL_DIR",):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    with pytest.raises(UserError, match="--model_dir is required"):
+        parse()
+
+
+@pytest.mark.parametrize("flagfile", sorted((REPO / "configs").glob("*.flags")),
+                         ids=lambda p: p.name)
+def test_every_flagfile_loads_and_says_what_it_is_for(flagfile, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert flagfile.read_text().startswith("# "), "first line must say what the preset is for"
+    config = parse(f"--flagfile={flagfile}", "--model_dir=/tmp/x")
+    assert config.data_path.endswith("aclImdb_v1_labeled.tar.gz")

@@ -1,0 +1,123 @@
+"""trainer/loop.py: the training loop, in process, on tiny token-id data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import data, loop, model
+from trainer.config import Config
+
+
+class Recorder:
+    """A loop.Reporter that remembers what it was told."""
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self.progress: list[int] = []
+
+    def train_progress(self, step, epoch, epoch_step, steps_in_epoch, metrics):
+        self.progress.append(step)
+
+    def epoch_end(self, step, epoch, metrics):
+        self.epochs.append({"step": step, "epoch": epoch, **metrics})
+
+    def __getattr__(self, name):  # Hooks added later by other modules are no-ops here.
+        return lambda *args, **kwargs: None
+
+
+def tiny_config(**changes) -> Config:
+    defaults = dict(vocab_size=30, max_len=10, embedding_dim=4, lstm_units=3, batch_size=8,
+                    epochs=2, validation_split=0.25, early_stopping_patience=0,
+                    log_every_steps=2, seed=1)
+    return Config(**{**defaults, **changes})
+
+
+def tiny_datasets(config: Config, n: int = 48, flip_validation: bool = False) -> loop.Datasets:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n, dtype=np.int32) % 2
+    reviews = np.empty(n, dtype=object)
+    for i, label in enumerate(labels):
+        # Positive reviews use ids 10-19, negative ones 20-29: learnable.
+        reviews[i] = rng.integers(10 + 10 * (1 - label), 20 + 10 * (1 - label), size=5 + i % 5)
+    encoded = data.encode(data.Split(reviews, labels), None, config)
+    # Flipped validation labels: the better the model learns, the worse validation gets.
+    validation = (data.encode(data.Split(reviews, 1 - labels), None, config)
+                  if flip_validation else encoded)
+    return loop.Datasets(train=encoded, validation=validation, test=encoded,
+                         global_batch_size=config.batch_size)
+
+
+def make_loop(config: Config, checkpoint_dir: str) -> tuple[loop.Loop, tuple]:
+    tf.keras.utils.set_random_seed(config.seed)
+    net = model.build(config)
+    trainer = loop.Loop(config, tf.distribute.get_strategy(), net,
+                        model.make_optimizer(config), config.batch_size)
+    return trainer, loop.make_managers(trainer, config, checkpoint_dir)
+
+
+def test_a_train_step_changes_every_parameter(tmp_path):
+    config = tiny_config(epochs=1)
+    trainer, managers = make_loop(config, str(tmp_path))
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    after = [v.numpy() for v in trainer.model.trainable_variables]
+    for variable, old, new in zip(trainer.model.trainable_variables, before, after, strict=True):
+        assert not np.allclose(old, new), f"{variable.path} did not change"
+
+
+def test_fit_reports_each_epoch_and_learns(tmp_path):
+    config = tiny_config(epochs=8, learning_rate=0.05)
+    trainer, managers = make_loop(config, str(tmp_path))
+    recorder = Recorder()
+    result = trainer.fit(tiny_datasets(config), recorder, *managers)
+    assert [e["epoch"] for e in recorder.epochs] == list(range(1, 9))
+    assert result.train_steps == 8 * (48 // 8) == trainer.step
+    assert recorder.progress and all(step % 2 == 0 for step in recorder.progress)
+    assert recorder.epochs[-1]["val/accuracy"] > 0.9
+    assert recorder.epochs[-1]["train/loss"] < recorder.epochs[0]["train/loss"]
+
+
+def test_resume_continues_at_the_saved_step_and_epoch(tmp_path):
+    config = tiny_config(epochs=2)
+    first, managers = make_loop(config, str(tmp_path))
+    first.fit(tiny_datasets(config), Recorder(), *managers)
+    assert first.step == 12
+
+    resumed_config = tiny_config(epochs=3)
+    second, managers = make_loop(resumed_config, str(tmp_path))
+    second.checkpoint.restore(tf.train.latest_checkpoint(str(tmp_path)))
+    recorder = Recorder()
+    result = second.fit(tiny_datasets(resumed_config), recorder, *managers)
+    assert [e["epoch"] for e in recorder.epochs] == [3]  # Epochs 1 and 2 are not repeated.
+    assert result.train_steps == 18
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(tmp_path):
+    config = tiny_config(epochs=12, early_stopping_patience=2, learning_rate=0.05)
+    trainer, managers = make_loop(config, str(tmp_path))
+    datasets = tiny_datasets(config, flip_validation=True)
+    result = trainer.fit(datasets, Recorder(), *managers)
+    best = min(result.history, key=lambda h: h["val/loss"])
+    assert result.best_epoch == best["epoch"]
+    assert result.stopped_early
+    assert result.epochs_completed == result.best_epoch + 2 < 12
+    restored = trainer.evaluate(datasets.validation, "val")
+    assert restored["val/loss"] == pytest.approx(best["val/loss"], rel=1e-4)
+
+
+def test_nan_loss_stops_at_once_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    config = tiny_config(epochs=3)
+    trainer, managers = make_loop(config, str(tmp_path))
+    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    good = tf.train.latest_checkpoint(str(tmp_path))
+    more = tiny_config(epochs=5)
+    broken, managers = make_loop(more, str(tmp_path))
+    broken.checkpoint.restore(good)
+    kernel = broken.model.get_layer("positive").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    with pytest.raises(loop.TrainingDivergedError, match=r"at step 19 \(epoch 4\)"):
+        broken.fit(tiny_datasets(more), Recorder(), *managers)
+    assert tf.train.latest_checkpoint(str(tmp_path)) == good

@@ -1,0 +1,116 @@
+"""python -m trainer.main end to end: the smoke test, and bad input ending in one clear line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import aclimdb_files, write_tree
+
+REQUIRED_METRICS = {
+    "test_accuracy", "test_loss", "epochs_completed", "train_steps", "train_examples_per_sec",
+    "num_params", "strategy", "num_replicas", "precision", "cudnn_eligible", "wall_time_sec",
+    "flags",
+}
+
+
+def assert_one_line_error(process, *needles: str) -> None:
+    """Exit code 2, no traceback, and one stderr line that names what was wrong."""
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, process.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0]
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_above_chance_and_writes_its_record(run_trainer, imdb_archive,
+                                                             tmp_path):
+    model_dir = tmp_path / "smoke"
+    start = time.monotonic()
+    process = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
+                          f"--model_dir={model_dir}")
+    seconds = time.monotonic() - start
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert seconds < 120, f"the smoke test took {seconds:.0f} s"
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert REQUIRED_METRICS <= set(metrics)
+    assert metrics["test_accuracy"] >= 0.65
+    assert metrics["num_params"] == 373_301
+    assert metrics["epochs_completed"] == metrics["flags"]["epochs"] == 3
+    assert metrics["flags"]["data_path"] == imdb_archive
+    assert (model_dir / "model.keras").stat().st_size > 1_000_000
+    vocabulary = (model_dir / "vocab.txt").read_text().splitlines()
+    assert len(vocabulary) == 10_000 and vocabulary[:2] == ["", "[UNK]"]
+    # One line per epoch with everything a user watches, and progress within epochs.
+    epoch_lines = [line for line in process.stderr.splitlines() if " done | step " in line]
+    assert len(epoch_lines) == 3
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "examples/sec",
+                 "seconds"):
+        assert name in epoch_lines[0]
+    assert "epoch 1/3 | step 20/" in process.stderr
+    assert "LSTM is cuDNN-eligible" in process.stderr
+
+    again = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
+                        f"--model_dir={model_dir}")
+    assert_one_line_error(again, "--model_dir", "--overwrite")
+
+
+def test_missing_data_path(run_trainer, tmp_path):
+    process = run_trainer(f"--data_path={tmp_path}/nowhere.tar.gz")
+    assert_one_line_error(process, "--data_path", "does not exist")
+
+
+def test_folder_without_the_aclimdb_layout(run_trainer, tmp_path):
+    (tmp_path / "reviews").mkdir()
+    process = run_trainer(f"--data_path={tmp_path / 'reviews'}",
+                          f"--model_dir={tmp_path / 'run'}")
+    assert_one_line_error(process, "--data_path", "aclImdb layout")
+
+
+def test_review_that_is_not_utf8(run_trainer, tmp_path):
+    files = aclimdb_files(4)
+    files["aclImdb/test/neg/3_2.txt"] = b"\xff\xfe broken bytes"
+    root = write_tree(tmp_path, files)
+    process = run_trainer(f"--data_path={root}", f"--model_dir={tmp_path / 'run'}")
+    assert_one_line_error(process, "test/neg/3_2.txt", "UTF-8")
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--strategy=parameter_server", "--strategy"),
+    ("--batch_size=0", "--batch_size"),
+    ("--max_len=-3", "--max_len"),
+    ("--epochs=ten", "--epochs"),
+    ("--no_such_flag=1", "no_such_flag"),
+])
+def test_bad_flag_values(run_trainer, flag, needle):
+    assert_one_line_error(run_trainer(flag), needle)
+
+
+def test_batch_that_does_not_split_across_replicas(run_trainer, tiny_aclimdb, tmp_path):
+    process = run_trainer(f"--data_path={tiny_aclimdb}", "--cpu_replicas=3",
+                          "--strategy=mirrored", "--batch_size=64",
+                          f"--model_dir={tmp_path / 'run'}")
+    assert_one_line_error(process, "--batch_size=64", "3 replicas")
+
+
+def test_malformed_tf_config(run_trainer, tiny_aclimdb, tmp_path):
+    process = run_trainer(f"--data_path={tiny_aclimdb}", f"--model_dir={tmp_path / 'run'}",
+                          env={"TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, '
+                                            '"task": {"type": "worker", "index": 5}}'},
+                          timeout=60)
+    assert_one_line_error(process, "TF_CONFIG", "out of range")
+
+
+def test_tiny_run_on_an_unpacked_folder(run_trainer, tiny_aclimdb, tmp_path):
+    model_dir = tmp_path / "run"
+    process = run_trainer(f"--data_path={tiny_aclimdb}", f"--model_dir={model_dir}",
+                          "--batch_size=4", "--epochs=1", "--max_len=16",
+                          "--validation_split=0.25")
+    assert process.returncode == 0, process.stderr[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["data"] == {"source": "aclimdb", "train": 18, "validation": 6, "test": 24}
+    assert metrics["train_steps"] == 18 // 4
