@@ -43,7 +43,7 @@ parse_args() {
       --) shift; TRAINER_ARGS=("$@"); return 0 ;;
       --*)
         name=${1#--}; name=${name%%=*}; name=${name//-/_}; name=${name^^}
-        [[ -v SETTING_HELP[$name] ]] ||
+        [[ $name =~ ^[A-Z][A-Z0-9_]*$ && -v SETTING_HELP[$name] ]] ||
           { log "unknown option $1 (trainer flags go after --; see --help)"; exit 2; }
         if [[ $1 == *=* ]]; then
           printf -v "$name" '%s' "${1#*=}"
@@ -84,13 +84,13 @@ quote_words() {
   printf '%s' "${quoted[*]}"
 }
 
-# quote_cmd WORD...: a copy-pasteable command line; long ones get one --flag per line.
+# quote_cmd WORD...: a copy-pasteable command line; long ones get one --option per line.
 quote_cmd() {
   local word out='' sep=' ' all="$*"
   if (($# > 4 && ${#all} > 100)); then sep=$' \\\n    '; fi
   for word in "$@"; do
     if [[ -z $out ]]; then out=$(shquote "$word")
-    elif [[ $word == --* ]]; then out+="$sep$(shquote "$word")"
+    elif [[ $word == --?* ]]; then out+="$sep$(shquote "$word")"
     else out+=" $(shquote "$word")"
     fi
   done

@@ -11,6 +11,7 @@
 # Compute Engine (it is stopping it); anything else -> write FAILED and shut down.
 # DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0; fi
 
 WORK_DIR=${WORK_DIR:-/opt/tf-imdb}
 METADATA_URL=${METADATA_URL:-http://metadata.google.internal/computeMetadata/v1/instance/attributes}
@@ -74,10 +75,11 @@ if [[ -n $data_uri ]]; then
   flags+=("--data_path=$WORK_DIR/data/${data_uri##*/}")
 fi
 
-# Deep Learning VM images load the NVIDIA driver during the first boot: wait for it.
+# gpu.sh makes a virtualenv: Ubuntu's python3 needs python3-venv for that.
 if ! python3 -c 'import ensurepip' 2>/dev/null; then
   run apt-get update && run apt-get install -y python3-venv
 fi
+# Deep Learning VM images may still be loading the NVIDIA driver at first boot: wait for it.
 for _ in {1..30}; do
   nvidia-smi >/dev/null 2>&1 && break
   [[ $DRY_RUN == 1 ]] && break

@@ -26,7 +26,6 @@ Examples:
   PROJECT=my-proj BUCKET=gs://my-bucket/tf-imdb REPLICAS=2 SPOT=1 launch/vertex_submit.sh
   DRY_RUN=1 launch/vertex_submit.sh -- --smoke_test"
 
-job_name_given=${JOB_NAME:-}
 setting PROJECT "" "Google Cloud project (required to name the default IMAGE_URI)"
 setting REGION us-central1 "Vertex AI region"
 setting BUCKET "" "gs:// folder for outputs (required), e.g. gs://my-bucket/tf-imdb"
@@ -36,17 +35,18 @@ setting ACCELERATOR_COUNT 1 "GPUs per replica (0: CPU only)"
 setting REPLICAS 1 "machines; more than 1 trains with --strategy=multi_worker"
 setting SPOT 0 "1 (or --spot): spot VMs"
 setting IMAGE_URI "" "trainer image [default: \$REGION-docker.pkg.dev/\$PROJECT/tf-imdb/trainer:latest]"
-setting JOB_NAME "tf-imdb-$(date +%Y%m%d-%H%M%S)" "job display name and output subfolder"
+setting JOB_NAME "" "job display name and output subfolder [default: tf-imdb-YYYYmmdd-HHMMSS]"
 setting SKIP_BUILD 0 "1 (or --skip-build): submit without building and pushing the image"
 parse_args "$@"
 command=${ARGS[0]:-submit}
 job_id=${ARGS[1]:-}
 case $command in
   logs | cancel) [[ -n $job_id ]] || die "give the job ID: launch/vertex_submit.sh $command JOB_ID" ;;
-  results) [[ -n $job_name_given ]] || die "set JOB_NAME to the job's display name" ;;
+  results) [[ -n $JOB_NAME ]] || die "set JOB_NAME to the job's display name" ;;
   submit | build | setup) ;;
   *) die "unknown command $command (see --help)" ;;
 esac
+JOB_NAME=${JOB_NAME:-tf-imdb-$(date +%Y%m%d-%H%M%S)}
 if [[ -z $IMAGE_URI ]]; then
   require PROJECT YOUR_PROJECT
   IMAGE_URI=$REGION-docker.pkg.dev/$PROJECT/tf-imdb/trainer:latest
@@ -70,6 +70,15 @@ build() {
   run docker push "$IMAGE_URI"
 }
 
+# json_list ITEM...: the ITEMs (JSON values) as a JSON list, one per line.
+json_list() {
+  (($#)) || { printf '[]'; return 0; }
+  local out=$1 item
+  shift
+  for item in "$@"; do out+=$',\n          '$item; done
+  printf '[\n          %s\n        ]' "$out"
+}
+
 # worker_pool REPLICA_COUNT: one entry of workerPoolSpecs, as JSON.
 worker_pool() {
   local accel='' args=() arg
@@ -82,7 +91,7 @@ worker_pool() {
   printf '      "machineSpec": {\n        "machineType": %s%s\n      },\n' \
     "$(json_str "$MACHINE_TYPE")" "$accel"
   printf '      "containerSpec": {\n        "imageUri": %s,\n' "$(json_str "$IMAGE_URI")"
-  printf '        "args": [%s]\n      }\n    }' "$(IFS=,; echo "${args[*]}")"
+  printf '        "args": %s\n      }\n    }' "$(json_list "${args[@]}")"
 }
 
 submit() {
