@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import data, distribute, loop, model, summaries
+from trainer import data, distribute, export, loop, model, summaries
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -87,7 +87,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("resuming from %s: epoch %d done, step %d", latest, int(trainer.epoch),
                      trainer.step)
-    reporter = summaries.Summaries(config, chief)
+    reporter = summaries.Summaries(config, chief, net, optimizer)
     try:
         fit = trainer.fit(datasets, reporter, manager, best_manager)
         test = trainer.evaluate(datasets.test, "test")
@@ -118,6 +118,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         "flags": config.to_dict(),
     }
     if chief:
+        summaries.write_test_metrics(config, fit.train_steps, test)
         write_outputs(config, net, vectorizer, metrics)
     return metrics
 
@@ -132,14 +133,22 @@ def resolve_precision(config: Config) -> str:
 def write_outputs(config: Config, net: keras.Model,
                   vectorizer: keras.layers.TextVectorization | None,
                   metrics: dict[str, Any]) -> None:
-    """Writes the vocabulary, the .keras model and, last, metrics.json (the "done" mark)."""
+    """Writes what a finished run leaves for people and programs; chief only.
+
+    The vocabulary, the .keras model (token ids in), the serving SavedModel
+    (raw reviews in), the training curves picture and, last, metrics.json
+    (the "done" mark).
+    """
     tf.io.gfile.makedirs(config.model_dir)
     if vectorizer is not None:
         with tf.io.gfile.GFile(f"{config.model_dir}/{VOCAB_FILE}", "w") as f:
             f.write("\n".join(vectorizer.get_vocabulary()) + "\n")
     net.save(f"{config.model_dir}/{MODEL_FILE}")
+    export.save(config, net, vectorizer)
+    summaries.write_training_curves(metrics["history"],
+                                    f"{config.model_dir}/{summaries.CURVES_FILE}")
     with tf.io.gfile.GFile(f"{config.model_dir}/{METRICS_FILE}", "w") as f:
         json.dump(metrics, f, indent=2)
-    logging.info("wrote %s, %s and %s to %s", METRICS_FILE, VOCAB_FILE, MODEL_FILE,
-                 config.model_dir)
+    logging.info("wrote %s, %s, %s, %s/ and %s to %s", VOCAB_FILE, MODEL_FILE,
+                 summaries.CURVES_FILE, export.EXPORT_DIR, METRICS_FILE, config.model_dir)
 

@@ -1,0 +1,176 @@
+"""trainer/summaries.py: TensorBoard scalars and hparams, the profiler window, the curves PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import keras
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from trainer import model, summaries
+from trainer.config import Config
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def profiled_run(run_trainer, imdb_archive, tmp_path_factory) -> Path:
+    """One small smoke run (2 epochs of 14 steps) that profiles steps 3 to 5."""
+    model_dir = tmp_path_factory.mktemp("profiled") / "run"
+    process = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
+                          f"--model_dir={model_dir}", "--max_train_examples=1000",
+                          "--max_test_examples=400", "--epochs=2", "--max_len=64",
+                          "--log_every_steps=5", "--profile_steps=3,5")
+    assert process.returncode == 0, process.stderr[-3000:]
+    (model_dir / "stderr.txt").write_text(process.stderr)
+    return model_dir
+
+
+def read_events(logdir: Path) -> event_accumulator.EventAccumulator:
+    events = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    return events
+
+
+def scalar_values(events: event_accumulator.EventAccumulator, tag: str) -> dict[int, float]:
+    return {event.step: float(tf.make_ndarray(event.tensor_proto))
+            for event in events.Tensors(tag)}
+
+
+@pytest.mark.slow
+def test_event_files_hold_the_named_scalars_with_the_runs_values(profiled_run):
+    metrics = json.loads((profiled_run / "metrics.json").read_text())
+    events = read_events(profiled_run / "tensorboard")
+    interval = ["train/loss", "train/accuracy", "train/learning_rate",
+                "train/examples_per_sec", "train/step_seconds"]
+    for tag in interval:
+        assert sorted(scalar_values(events, tag)) == [5, 10, 15, 20, 25], tag
+    assert list(scalar_values(events, "train/learning_rate").values()) == [
+        pytest.approx(1e-3)] * 5
+    assert all(seconds > 0 for seconds in scalar_values(events, "train/step_seconds").values())
+    # Per epoch, at the epoch's last step: the same numbers as metrics.json's history.
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
+        assert scalar_values(events, f"epoch/{name}") == {
+            entry["step"]: pytest.approx(entry[name]) for entry in metrics["history"]}, name
+    assert scalar_values(events, "test/accuracy") == {
+        metrics["train_steps"]: pytest.approx(metrics["test_accuracy"])}
+    assert "model/summary" in events.Tags()["tensors"]
+
+
+@pytest.mark.slow
+def test_hparams_summary_holds_the_runs_flags(profiled_run):
+    events = read_events(profiled_run / "tensorboard")
+    [event] = events.Tensors("_hparams_/session_start_info")
+    metadata = events.SummaryMetadata("_hparams_/session_start_info")
+    assert metadata.plugin_data.plugin_name == "hparams"
+    start = plugin_data_pb2.HParamsPluginData.FromString(metadata.plugin_data.content)
+    hparams = start.session_start_info.hparams
+    assert hparams["max_len"].number_value == 64
+    assert hparams["padding"].string_value in ("pre", "post")
+    assert hparams["smoke_test"].bool_value is True
+    assert event.step == 0
+
+
+@pytest.mark.slow
+def test_profiled_steps_leave_a_trace_where_tensorboard_looks(profiled_run):
+    traces = list((profiled_run / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1
+    assert traces[0].stat().st_size > 0
+    assert "traced steps 3-5" in (profiled_run / "stderr.txt").read_text()
+
+
+@pytest.mark.slow
+def test_training_curves_png_is_a_valid_picture(profiled_run):
+    path = profiled_run / summaries.CURVES_FILE
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.size == (1000, 400)
+
+
+def test_curves_without_validation_data_still_draw(tmp_path):
+    history = [{"epoch": 1, "train/loss": 0.69, "train/accuracy": 0.5},
+               {"epoch": 2, "train/loss": 0.5, "train/accuracy": 0.75}]
+    path = tmp_path / "curves.png"
+    summaries.write_training_curves(history, str(path))
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
+class FakeProfiler:
+    """Stands in for tf.profiler.experimental: records when the trace starts and stops."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        monkeypatch.setattr(tf.profiler.experimental, "start",
+                            lambda logdir: self.calls.append("start"))
+        monkeypatch.setattr(tf.profiler.experimental, "stop", lambda: self.calls.append("stop"))
+
+
+def drive(window: summaries.ProfilerWindow, last_step: int, steps_per_loop: int,
+          profiler: FakeProfiler) -> list[tuple[str, int]]:
+    """Calls the window as loop.fit does; returns (start|stop, step) in order."""
+    events = []
+    for step in range(0, last_step + 1, steps_per_loop):
+        before = len(profiler.calls)
+        window.before_train_steps(step)
+        events += [(call, step) for call in profiler.calls[before:]]
+    return events
+
+
+@pytest.mark.parametrize("steps_per_loop, expected", [
+    (1, [("start", 2), ("stop", 5)]),  # Exactly steps 3, 4 and 5.
+    (4, [("start", 0), ("stop", 8)]),  # Snapped out to the calls running steps 1-4 and 5-8.
+])
+def test_profile_window_covers_the_asked_steps(monkeypatch, tmp_path, steps_per_loop,
+                                               expected):
+    profiler = FakeProfiler(monkeypatch)
+    window = summaries.ProfilerWindow((3, 5), steps_per_loop, str(tmp_path))
+    assert drive(window, 12, steps_per_loop, profiler) == expected
+    window.close()
+    assert profiler.calls == ["start", "stop"]
+
+
+def test_profile_window_the_run_never_reaches_is_a_warning(monkeypatch, tmp_path, caplog):
+    profiler = FakeProfiler(monkeypatch)
+    window = summaries.ProfilerWindow((100, 105), 1, str(tmp_path))
+    drive(window, 28, 1, profiler)
+    with caplog.at_level(logging.WARNING):
+        window.close()
+    assert profiler.calls == []
+    assert "--profile_steps=100,105: no profiler trace recorded" in caplog.text
+    assert "trained steps 1-28" in caplog.text
+
+
+def test_run_ending_inside_the_window_stops_the_real_profiler_with_a_warning(tmp_path,
+                                                                             caplog):
+    window = summaries.ProfilerWindow((3, 50), 1, str(tmp_path))
+    for step in range(10):
+        window.before_train_steps(step)
+        tf.reduce_sum(tf.random.uniform([100, 100]))  # Something to trace.
+    with caplog.at_level(logging.WARNING):
+        window.close()
+    assert "training ended at step 9, inside the window" in caplog.text
+    assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+    # Stopped for real: a new trace can start.
+    tf.profiler.experimental.start(str(tmp_path / "again"))
+    tf.profiler.experimental.stop()
+
+
+def test_only_the_chief_writes_and_profiles(tmp_path):
+    config = Config(tensorboard_dir=str(tmp_path / "tb"), profile_steps="1,2", vocab_size=30,
+                    embedding_dim=2, lstm_units=2)
+    net = model.build(config)
+    reporter = summaries.Summaries(config, False, net, keras.optimizers.Adam())
+    reporter.before_train_steps(0)
+    reporter.train_progress(1, 1, 1, 10, {"train/loss": 0.7})
+    reporter.close()
+    assert not (tmp_path / "tb").exists()
