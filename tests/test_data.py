@@ -62,7 +62,7 @@ def test_bad_data_path_names_the_flag(tmp_path, make_path, expected):
 
 def test_truncated_archive_is_reported(tmp_path, tiny_archive):
     truncated = _write(tmp_path / "cut.tar.gz", tiny_archive.read_bytes()[:600])
-    with pytest.raises(UserError, match="truncated or corrupt|not a readable"):
+    with pytest.raises(UserError, match=r"truncated or corrupt|not a readable"):
         data.read_aclimdb(str(truncated))
 
 
@@ -127,7 +127,7 @@ def test_training_batches_are_full_shuffled_per_seed_and_keep_every_example_in_e
     assert [len(b) for b in train] == [4, 4]
     assert train == first_ids(1, True)  # Same seed, same order.
     assert train != first_ids(2, True)
-    assert sorted(sum(first_ids(None, False), [])) == list(range(3, 13))
+    assert sorted(i for batch in first_ids(None, False) for i in batch) == list(range(3, 13))
 
 
 def test_keras_npz_source_uses_the_articles_encoding(tmp_path):

@@ -37,19 +37,20 @@ def test_smoke_run_trains_above_chance_and_writes_its_record(run_trainer, imdb_a
     assert process.returncode == 0, process.stderr[-3000:]
     assert seconds < 120, f"the smoke test took {seconds:.0f} s"
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert REQUIRED_METRICS <= set(metrics)
+    assert set(metrics) >= REQUIRED_METRICS
     assert metrics["test_accuracy"] >= 0.65
     assert metrics["num_params"] == 373_301
     assert metrics["epochs_completed"] == metrics["flags"]["epochs"] == 3
     assert metrics["flags"]["data_path"] == imdb_archive
     assert (model_dir / "model.keras").stat().st_size > 1_000_000
-    vocabulary = (model_dir / "vocab.txt").read_text().splitlines()
+    # Split on "\n" only: a few IMDB tokens hold characters that splitlines() breaks on.
+    vocabulary = (model_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(vocabulary) == 10_000 and vocabulary[:2] == ["", "[UNK]"]
     # One line per epoch with everything a user watches, and progress within epochs.
     epoch_lines = [line for line in process.stderr.splitlines() if " done | step " in line]
     assert len(epoch_lines) == 3
-    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "examples/sec",
-                 "seconds"):
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy",
+                 "examples_per_sec", "seconds"):
         assert name in epoch_lines[0]
     assert "epoch 1/3 | step 20/" in process.stderr
     assert "LSTM is cuDNN-eligible" in process.stderr
