@@ -115,3 +115,41 @@ def test_tiny_run_on_an_unpacked_folder(run_trainer, tiny_aclimdb, tmp_path):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["data"] == {"source": "aclimdb", "train": 18, "validation": 6, "test": 24}
     assert metrics["train_steps"] == 18 // 4
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes(imdb_archive, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    model_dir = tmp_path / "preempted"
+    command = [sys.executable, "-m", "trainer.main", "--smoke_test", "--epochs=2",
+               f"--data_path={imdb_archive}", f"--model_dir={model_dir}",
+               "--log_every_steps=5"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:  # Wait until training is under way in epoch 2.
+        lines.append(line)
+        if "epoch 2/2 | step " in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    lines.extend(process.stderr)
+    assert process.wait(timeout=120) == 75, "".join(lines[-20:])
+    assert any(line.startswith("preempted: stopped by SIGTERM at step") for line in lines)
+    assert not (model_dir / "metrics.json").exists()
+    assert list((model_dir / "checkpoints").glob("ckpt-*.index"))
+
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert "epoch 1/2 done" not in resumed.stderr  # The finished epoch is not repeated.
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 2
+    steps_per_epoch = metrics["history"][0]["step"]
+    assert metrics["train_steps"] == 2 * steps_per_epoch

@@ -10,11 +10,14 @@ history) all lives in one ``tf.train.Checkpoint``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import keras
@@ -22,6 +25,10 @@ import tensorflow as tf
 
 from trainer import data
 from trainer.config import Config
+
+
+class PreemptedError(RuntimeError):
+    """SIGTERM arrived (a spot VM or a managed job being taken); a checkpoint was saved."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -108,6 +115,7 @@ class Loop:
             epoch_totals=self.epoch_totals, best_val_loss=self.best_val_loss,
             best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, history=self.history)
         self.best_weights = tf.train.Checkpoint(model=model)
+        self._terminate_requested = False  # Set by SIGTERM; checked between step loops.
         self._train_steps = self._make_train_steps()
         self._eval_step = self._make_eval_step()
 
@@ -115,6 +123,22 @@ class Loop:
     def step(self) -> int:
         """Training steps taken so far (the optimizer's counter, checkpointed)."""
         return int(self.optimizer.iterations.numpy())
+
+    @property
+    def steps_per_call(self) -> int:
+        """Steps per ``train_steps`` call: ``--steps_per_loop``, or 1 where it cannot work.
+
+        With several replicas (mirrored or multi-worker) the embedding's sparse
+        gradient is all-gathered, and inside one ``tf.function`` loop that
+        collective keeps the shape of its first iteration ("Shape mismatch in
+        the collective instance"), while length-bucketed batches change width
+        every step. Keras' Adam must get the sparse gradient as it is (it
+        squares the slices before summing repeated tokens), so it cannot be
+        made dense instead.
+        """
+        if self.config.bucket_by_length and self.strategy.num_replicas_in_sync > 1:
+            return 1
+        return self.config.steps_per_loop
 
     def train_steps(self, iterator: Any, num_steps: int) -> tf.Tensor:
         """Runs up to ``num_steps`` training steps in one ``tf.function`` call.
@@ -207,7 +231,14 @@ class Loop:
 
         Raises:
           TrainingDivergedError: the loss became NaN or infinite (nothing is saved).
+          PreemptedError: SIGTERM arrived; the state was saved after the current steps.
         """
+        with _sigterm_stops(self):
+            return self._fit(datasets, reporter, manager, best_manager)
+
+    def _fit(self, datasets: Datasets, reporter: Reporter,
+             manager: tf.train.CheckpointManager,
+             best_manager: tf.train.CheckpointManager | None) -> FitResult:
         config = self.config
         steps_in_epoch = int(datasets.train.cardinality()) // self.global_batch_size
         train_seconds, train_examples = 0.0, 0.0
@@ -224,7 +255,7 @@ class Loop:
             while True:
                 loop_start_step = self.step
                 reporter.before_train_steps(loop_start_step)
-                sums = self.train_steps(iterator, config.steps_per_loop)
+                sums = self.train_steps(iterator, self.steps_per_call)
                 steps_done = int(sums[3])
                 if not steps_done:
                     break
@@ -244,7 +275,12 @@ class Loop:
                         "train/examples_per_sec": (epoch_step - skip)
                         * self.global_batch_size / max(seconds, 1e-9)})
                 if _crossed(loop_start_step, self.step, config.checkpoint_every_steps):
-                    manager.save(checkpoint_number=self.step)
+                    manager.save()
+                if self._terminate_requested:
+                    path = manager.save()
+                    raise PreemptedError(f"stopped by SIGTERM at step {self.step} (epoch "
+                                         f"{epoch}); saved {path}: run the same command to "
+                                         "resume there.")
             seconds = time.perf_counter() - epoch_start
             examples = (epoch_step - skip) * self.global_batch_size
             train_seconds += seconds
@@ -260,7 +296,7 @@ class Loop:
             self.history.assign(json.dumps(history))
             self.epoch.assign(epoch)
             self.epoch_step.assign(0)
-            manager.save(checkpoint_number=self.step)
+            manager.save()
             reporter.epoch_end(self.step, epoch, metrics)
         stopped_early = self._should_stop()
         if best_manager is not None and best_manager.latest_checkpoint:
@@ -294,6 +330,27 @@ def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> tf.Ten
     correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float64))
     return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)), correct,
                      tf.cast(tf.size(labels), tf.float64)])
+
+
+@contextlib.contextmanager
+def _sigterm_stops(target: Loop) -> Iterator[None]:
+    """While training, SIGTERM asks the loop to checkpoint and stop between step loops.
+
+    The handler only sets a flag: saving from inside a signal handler could
+    interrupt a step. Outside ``fit`` SIGTERM keeps its previous meaning.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Signal handlers can only be set from the main thread.
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        target._terminate_requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

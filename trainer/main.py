@@ -33,6 +33,7 @@ from trainer import flags, loop, train
 from trainer.errors import UserError
 
 EXIT_USAGE = 2  # Bad flags, data or TF_CONFIG: fix the input, do not retry.
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM; a supervisor should restart.
 
 
 def main(argv: list[str]) -> None:
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> None:
         _exit(f"error: {error}", EXIT_USAGE)
     except loop.TrainingDivergedError as error:
         _exit(f"error: {error}", 1)
+    except loop.PreemptedError as error:
+        _exit(f"preempted: {error}", EXIT_PREEMPTED)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
