@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
 from absl import app
-from absl import flags as absl_flags
 
 from trainer import flags, loop, train
-from trainer.errors import UserError
+from trainer.errors import UserError, exit_with, parse_flags
 
-EXIT_USAGE = 2  # Bad flags, data or TF_CONFIG: fix the input, do not retry.
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM; a supervisor should restart.
 
 
@@ -44,32 +41,18 @@ def main(argv: list[str]) -> None:
                             "(see --helpfull).")
         train.train_and_evaluate(flags.to_config())
     except UserError as error:
-        _exit(f"error: {error}", EXIT_USAGE)
+        exit_with(f"error: {error}")
     except loop.TrainingDivergedError as error:
-        _exit(f"error: {error}", 1)
+        exit_with(f"error: {error}", 1)
     except loop.PreemptedError as error:
-        _exit(f"preempted: {error}", EXIT_PREEMPTED)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Absl's parser, with a bad flag reported in one line instead of a usage dump."""
-    try:
-        return absl_flags.FLAGS(argv)
-    except absl_flags.Error as error:
-        _exit(f"error: {error} (see --helpfull)", EXIT_USAGE)
-        raise  # Unreachable; keeps type checkers content.
-
-
-def _exit(message: str, code: int) -> None:
-    print(message, file=sys.stderr, flush=True)
-    sys.exit(code)
+        exit_with(f"preempted: {error}", EXIT_PREEMPTED)
 
 
 def run() -> None:
     """Console-script entry point (``imdb-train``)."""
     # TensorFlow's Python INFO lines (per-reduce device placement) drown the progress.
     py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

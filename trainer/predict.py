@@ -28,9 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C
 from absl import app, flags
 
 from trainer import export
-from trainer.errors import UserError
+from trainer.errors import UserError, exit_with, parse_flags
 
-EXIT_USAGE = 2  # A missing model or no reviews: fix the input, do not retry.
 PREVIEW_WORDS = 8  # Words of each review echoed back, so a line says which review it scores.
 
 FLAGS = flags.FLAGS
@@ -59,7 +58,7 @@ def main(argv: list[str]) -> None:
         score = export.load(FLAGS.model_dir)  # First: a wrong folder is the likelier mistake.
         reviews = read_reviews(argv[1:], sys.stdin)
     except UserError as error:
-        _exit(f"error: {error}", EXIT_USAGE)
+        exit_with(f"error: {error}")
     for review, probability in zip(reviews, score(reviews), strict=True):
         print(format_line(review, float(probability), FLAGS.threshold), flush=True)
 
@@ -93,25 +92,11 @@ def format_line(review: str, probability: float, threshold: float) -> str:
     return f'{probability:.4f}  {label}  "{preview}"'
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Absl's parser, with a bad flag reported in one line instead of a usage dump."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        _exit(f"error: {error} (see --help)", EXIT_USAGE)
-        raise  # Unreachable; keeps type checkers content.
-
-
-def _exit(message: str, code: int) -> None:
-    print(message, file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
 def run() -> None:
     """Console-script entry point (``imdb-predict``)."""
     py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
