@@ -6,7 +6,8 @@ One batch's journey::
                    cut to a class-balanced subset, validation held out of train
     make_vectorizer()  TextVectorization adapted on the training reviews only
     encode()       review -> token ids (truncated to max_len), once, then cache()
-    batches()      per epoch: seeded shuffle, pad, batch (global size), prefetch
+    batches()      per epoch: seeded shuffle, pad to max_len or bucket by length, batch
+                   (global size), prefetch
 """
 
 from __future__ import annotations
@@ -355,9 +356,13 @@ def batches(encoded: tf.data.Dataset, config: Config, *, global_batch_size: int,
             shuffle_seed: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
     """One epoch of batches from ``encode``'s cached ids.
 
+    Per-epoch work only: shuffle, pad (to ``max_len``, or with
+    ``bucket_by_length`` to the longest review of each batch), batch, prefetch.
+    Vectorization happened once, before ``encode``'s ``cache()``.
+
     Args:
       encoded: the cached ``(ids, label)`` dataset.
-      config: max_len and padding.
+      config: max_len, padding, bucket_by_length, bucket_window_batches.
       global_batch_size: examples per step across all replicas.
       shuffle_seed: shuffle the whole split with this seed (a different seed
         per epoch gives a different, reproducible order); None keeps the order.
@@ -365,23 +370,130 @@ def batches(encoded: tf.data.Dataset, config: Config, *, global_batch_size: int,
         same size; evaluation keeps every example).
 
     Returns:
-      ``(ids [batch, max_len] int32, labels [batch] int32)`` batches, prefetched.
+      ``(ids [batch, width] int32, labels [batch] int32)`` batches, prefetched;
+      ``width`` is ``max_len``, or with ``bucket_by_length`` the batch's longest
+      review. The cardinality is known when ``encoded``'s is.
     """
     dataset = encoded
     if shuffle_seed is not None:
         # The whole split fits in the buffer: a true shuffle, not a sliding window.
         dataset = dataset.shuffle(encoded.cardinality(), seed=shuffle_seed,
                                   reshuffle_each_iteration=False)
-    dataset = dataset.map(lambda ids, label: (pad(ids, config), label),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
+    if config.bucket_by_length:
+        dataset = length_bucketed_batches(dataset, config, global_batch_size=global_batch_size,
+                                          shuffle_seed=shuffle_seed,
+                                          drop_remainder=drop_remainder)
+        count = int(encoded.cardinality())
+        if count >= 0:  # flat_map forgets the count; progress lines and len() use it.
+            batch_count = (count // global_batch_size if drop_remainder
+                           else -(-count // global_batch_size))
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
+    else:
+        dataset = dataset.map(lambda ids, label: (pad(ids, config), label),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def length_bucketed_batches(examples: tf.data.Dataset, config: Config, *,
+                            global_batch_size: int, shuffle_seed: int | None = None,
+                            drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of reviews of similar length, each padded only to its longest review.
+
+    The (already shuffled) reviews are cut into windows of
+    ``bucket_window_batches * global_batch_size``; each window is sorted by
+    length and cut into batches, and the batches of a window are shuffled (with
+    ``shuffle_seed``) so that short and long ones alternate through the epoch.
+    Each review lands in a batch of random neighbours of about its length.
+
+    Why not ``tf.data``'s ``bucket_by_sequence_length``: with fixed boundaries
+    every bucket drops its own partial batch each epoch (on IMDB, 25-token
+    buckets lose about 3% of the reviews per epoch and 10-token ones 8%), and
+    the number of steps per epoch is unknown. Sorted windows drop fewer than
+    one batch of random reviews, as padding to ``max_len`` does, and pad less:
+    100-batch windows run about 1.01x the real tokens, against 1.05x for
+    25-token buckets and 2.3x for padding to 500.
+
+    The batching itself is ``padded_batch`` of reviews put in batch order, so
+    that ``tf.distribute`` sees the batch size and splits each batch across
+    replicas and workers (all then run the same width).
+
+    Example, batch 2, a window of 2 batches, lengths ``[5, 1, 4, 2, 3]``: the
+    window ``[5, 1, 4, 2]`` sorts to ``[1, 2 | 4, 5]``, giving batches of width
+    2 and 5 in shuffled order; the last window ``[3]`` is a partial batch, kept
+    for evaluation and dropped with ``drop_remainder``.
+
+    Args:
+      examples: ``(ids [length], label)`` pairs, in the order to batch them.
+      config: padding, bucket_window_batches.
+      global_batch_size: examples per batch.
+      shuffle_seed: seeds the order of the batches within each window; None
+        keeps them from shortest to longest.
+      drop_remainder: make every batch exactly ``global_batch_size`` by leaving
+        out the last window's leftover reviews, which are random after a shuffle.
+
+    Returns:
+      ``(ids [batch, width] int32, labels [batch] int32)`` batches.
+    """
+    window_size = config.bucket_window_batches * global_batch_size
+    pre = config.padding == "pre"
+
+    def window_in_batch_order(window_index: tf.Tensor, ids: tf.RaggedTensor,
+                              labels: tf.Tensor) -> tf.data.Dataset:
+        order = _batch_order(ids.row_lengths(), global_batch_size, drop_remainder,
+                             None if shuffle_seed is None
+                             else tf.stack([tf.constant(shuffle_seed, tf.int64), window_index]))
+
+        def review(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            # Reversed for pre padding: padded_batch pads on the right, then the map
+            # below turns each row around again, putting the padding first.
+            return (ids[index][::-1] if pre else ids[index]), labels[index]
+
+        return tf.data.Dataset.from_tensor_slices(order).map(review)
+
+    batches = (examples.ragged_batch(window_size)
+               .enumerate()
+               .flat_map(lambda index, window: window_in_batch_order(index, *window))
+               .padded_batch(global_batch_size, padded_shapes=([None], []),
+                             padding_values=(PAD_ID, 0), drop_remainder=drop_remainder))
+    if pre:
+        batches = batches.map(lambda ids, labels: (tf.reverse(ids, axis=[1]), labels))
+    return batches
+
+
+def _batch_order(lengths: tf.Tensor, batch_size: int, drop_remainder: bool,
+                 seed: tf.Tensor | None) -> tf.Tensor:
+    """Indices of a window's reviews such that each run of ``batch_size`` is one batch.
+
+    Reviews are sorted by length (stably: equal lengths stay in their random
+    order), cut into batches, and the full batches shuffled with ``seed``; a
+    partial batch stays last (or is left out with ``drop_remainder``).
+
+    Examples:
+      lengths ``[5, 1, 4, 2, 3]``, batch 2, no seed -> ``[1, 3, 4, 2, 0]``
+      (lengths 1, 2 | 3, 4 | 5); with ``drop_remainder`` -> ``[1, 3, 4, 2]``.
+    """
+    by_length = tf.argsort(lengths, stable=True)
+    full_batches = tf.size(by_length, out_type=tf.int64) // batch_size
+    batch_order = tf.range(full_batches)
+    if seed is not None:
+        batch_order = tf.random.experimental.stateless_shuffle(batch_order, seed=seed)
+    full = tf.reshape(by_length[:full_batches * batch_size], [-1, batch_size])
+    order = tf.reshape(tf.gather(full, batch_order), [-1])
+    if drop_remainder:
+        return order
+    return tf.concat([order, by_length[full_batches * batch_size:]], axis=0)
 
 
 def _options() -> tf.data.Options:
     options = tf.data.Options()
-    options.deterministic = True  # Seeded runs give the same batches in the same order.
+    # Seeded runs give the same batches in the same order, which resuming mid-epoch relies
+    # on (loop.fit skips the steps already done); keeping order costs nothing measurable here.
+    options.deterministic = True
     options.autotune.enabled = True
+    # Input work is a little per batch; keep each tf.data op on one core so the two cores
+    # stay with the model's step instead of splitting a small gather.
+    options.threading.max_intra_op_parallelism = 1
     # Every worker builds the same dataset from in-memory data; shard it by element.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options

@@ -17,7 +17,7 @@ def build(config: Config) -> keras.Model:
     width run through the same weights.
 
     Args:
-      config: vocab_size, embedding_dim, lstm_units, mask_padding.
+      config: vocab_size, embedding_dim, lstm_units, uses_mask.
 
     Returns:
       An unbuilt-optimizer Keras model whose output is P(positive), float32.
@@ -26,7 +26,7 @@ def build(config: Config) -> keras.Model:
         [
             keras.Input(shape=(None,), dtype="int32", name="token_ids"),
             keras.layers.Embedding(config.vocab_size, config.embedding_dim,
-                                   mask_zero=config.mask_padding, name="embedding"),
+                                   mask_zero=config.uses_mask, name="embedding"),
             # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
             # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
             keras.layers.LSTM(config.lstm_units, name=LSTM_LAYER_NAME),
@@ -59,7 +59,7 @@ def cudnn_blockers(model: keras.Model, config: Config) -> list[str]:
 
     Args:
       model: from ``build``.
-      config: padding and mask_padding.
+      config: padding and uses_mask.
 
     Returns:
       One readable reason per blocking setting.
@@ -76,7 +76,8 @@ def cudnn_blockers(model: keras.Model, config: Config) -> list[str]:
         blockers.append("LSTM unroll=True")
     if not lstm.use_bias:
         blockers.append("LSTM use_bias=False")
-    if config.mask_padding and config.padding != "post":
-        blockers.append("--mask_padding with --padding=pre: cuDNN needs right-padded masks; "
-                        "use --padding=post")
+    if config.uses_mask and config.padding != "post":
+        reason = "--bucket_by_length" if config.bucket_by_length else "--mask_padding"
+        blockers.append(f"{reason} masks padding, and with --padding=pre the mask is not "
+                        "right-padded as cuDNN needs; use --padding=post")
     return blockers

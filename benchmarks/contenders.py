@@ -1,0 +1,216 @@
+"""The contenders the benchmarks race, on the same reviews and the same token ids.
+
+- ``article_code``: the article's own code: NumPy arrays pre-padded to 500 with
+  ``keras.utils.pad_sequences``, the Sequential model, ``compile("adam",
+  "binary_crossentropy", ["accuracy"])``, ``model.fit(x, y, batch_size=64)``.
+- ``harness_article``: the harness's pipeline and loop under ``--article_settings``
+  (pre-padding to 500, no mask, batch 64).
+- ``harness_fast``: the harness under ``--fast_settings`` (length bucketing, right
+  padding, mask) with ``--steps_per_loop=20``.
+
+Both harness contenders run ``trainer.data.batches`` and ``Loop.train_steps``,
+the path ``Loop.fit`` takes. Reading the archive and vectorizing happen once,
+through ``trainer.data``, before any clock starts, so every contender sees the
+same reviews as the same ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import data, flags, loop, model
+from trainer.config import Config
+
+# Training FLOPs of one LSTM timestep of one example: the forward pass is two matmuls,
+# [input + units] x [4 units], at 2 FLOPs per multiply-add; the backward pass costs about
+# twice the forward (gradients for the inputs/state and for the weights). Gate
+# nonlinearities, the embedding and the dense layer are left out: they are under 2%.
+FORWARD_FLOPS_PER_TIMESTEP = 2 * 4 * 100 * (32 + 100)
+TRAIN_FLOPS_PER_TIMESTEP = 3 * FORWARD_FLOPS_PER_TIMESTEP
+
+NAMES = ("article_code", "harness_article", "harness_fast")
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the JSON result."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reviews:
+    """The train and test reviews every contender uses, and the one vectorizer."""
+
+    splits: data.Splits
+    vectorizer: keras.layers.TextVectorization
+
+
+def load_reviews(data_path: str, train_reviews: int, test_reviews: int, seed: int) -> Reviews:
+    """Reads the archive once and adapts the vocabulary on the training reviews.
+
+    Args:
+      data_path: an aclImdb folder or .tar.gz.
+      train_reviews: class-balanced training subset (0 = all 25,000).
+      test_reviews: class-balanced test subset (0 = all 25,000).
+      seed: picks the subsets.
+
+    Returns:
+      All the training reviews (no validation split: the article has none).
+    """
+    config = Config(data_path=data_path, max_train_examples=train_reviews,
+                    max_test_examples=test_reviews, validation_split=0.0,
+                    early_stopping_patience=0, seed=seed)
+    splits = data.load(config)
+    return Reviews(splits, data.make_vectorizer(splits.train, config))
+
+
+@dataclasses.dataclass(frozen=True)
+class Epoch:
+    """One timed pass of training."""
+
+    seconds: float
+    examples: int
+    timesteps: int  # Sum over examples of the padded width the LSTM ran over.
+
+    @property
+    def examples_per_sec(self) -> float:
+        return self.examples / self.seconds
+
+    @property
+    def lstm_gflops(self) -> float:
+        """Achieved GFLOP/s of the LSTM's training work (``TRAIN_FLOPS_PER_TIMESTEP``)."""
+        return TRAIN_FLOPS_PER_TIMESTEP * self.timesteps / self.seconds / 1e9
+
+
+class ArticleCode:
+    """The article's code, as written there, on the harness's token ids."""
+
+    name = "article_code"
+
+    def __init__(self, reviews: Reviews, seed: int) -> None:
+        # The article's encoding: pad_sequences(maxlen=500), pre-padded and pre-truncated.
+        self.max_len = 500
+        encoding = Config(max_len=self.max_len, padding="pre")
+        self.x_train, self.y_train = _padded_arrays(reviews, reviews.splits.train, encoding)
+        self.x_test, self.y_test = _padded_arrays(reviews, reviews.splits.test, encoding)
+        keras.utils.set_random_seed(seed)
+        self.model = keras.Sequential([
+            keras.layers.Embedding(10000, 32),
+            keras.layers.LSTM(100),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ])
+        self.model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+
+    def warm_up(self) -> None:
+        """Traces fit's train function on two batches, so rounds time training alone."""
+        self.model.fit(self.x_train[:128], self.y_train[:128], batch_size=64, epochs=1,
+                       verbose=0)
+
+    def train_epoch(self) -> Epoch:
+        start = time.perf_counter()
+        self.model.fit(self.x_train, self.y_train, batch_size=64, epochs=1, verbose=0)
+        seconds = time.perf_counter() - start
+        return Epoch(seconds, len(self.x_train), len(self.x_train) * self.max_len)
+
+    def test_accuracy(self) -> float:
+        return float(self.model.evaluate(self.x_test, self.y_test, verbose=0)[1])
+
+
+def _padded_arrays(reviews: Reviews, split: data.Split,
+                   config: Config) -> tuple[np.ndarray, np.ndarray]:
+    ids = [row.numpy() for row, _ in data.encode(split, reviews.vectorizer, config)]
+    return (keras.utils.pad_sequences(ids, maxlen=config.max_len).astype(np.int32),
+            split.labels.astype(np.float32))
+
+
+# The harness's fastest settings: --fast_settings, and several steps per tf.function call
+# (which changes no result, only how often Python runs).
+FAST_CHANGES = {**flags.FAST_PRESET, "steps_per_loop": 20}
+
+
+def harness_config(name: str, seed: int, **changes: object) -> Config:
+    """The Config of a harness contender: --article_settings, or the fastest settings.
+
+    Both train on every training review (no validation split, no early
+    stopping), as the article's code does.
+    """
+    preset = flags.ARTICLE_PRESET if name == "harness_article" else FAST_CHANGES
+    return Config(validation_split=0.0, early_stopping_patience=0, seed=seed,
+                  **{**preset, **changes})
+
+
+class Harness:
+    """The harness's pipeline and compiled loop under one Config."""
+
+    def __init__(self, name: str, reviews: Reviews, config: Config) -> None:
+        self.name = name
+        self.config = config
+        self.strategy = tf.distribute.get_strategy()  # What --strategy=auto picks on a CPU.
+        self.train = data.encode(reviews.splits.train, reviews.vectorizer, config)
+        self.test = data.encode(reviews.splits.test, reviews.vectorizer, config)
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            net = model.build(config)
+            optimizer = model.make_optimizer(config)
+        self.loop = loop.Loop(config, self.strategy, net, optimizer, config.batch_size)
+        self.epochs_done = 0
+
+    def epoch_batches(self, epoch: int) -> tf.data.Dataset:
+        """The batches ``Loop.fit`` trains on in ``epoch`` (same seed, same order)."""
+        return data.batches(self.train, self.config, global_batch_size=self.config.batch_size,
+                            shuffle_seed=self.config.seed * 1000 + epoch, drop_remainder=True)
+
+    def warm_up(self) -> None:
+        """Fills the cache and traces the train function, so rounds time training alone."""
+        for _ in self.train:
+            pass
+        self._run(self.epoch_batches(0).take(2))
+
+    def train_epoch(self, batches: tf.data.Dataset | None = None) -> Epoch:
+        """Trains one epoch: the next epoch's batches, or ``batches`` if given."""
+        if batches is None:
+            self.epochs_done += 1
+            batches = self.epoch_batches(self.epochs_done)
+        # The widths the LSTM will run over; a separate pass, outside the clock.
+        timesteps = sum(int(tf.size(ids)) for ids, _ in batches)
+        seconds, examples = self._run(batches)
+        return Epoch(seconds, examples, timesteps)
+
+    def _run(self, batches: tf.data.Dataset) -> tuple[float, int]:
+        start = time.perf_counter()  # Includes the pipeline's start: the shuffle's fill.
+        iterator = iter(self.strategy.experimental_distribute_dataset(batches))
+        examples = 0
+        while True:
+            sums = self.loop.train_steps(iterator, self.loop.steps_per_call)
+            if not int(sums[3]):
+                break
+            examples += int(sums[2])
+        return time.perf_counter() - start, examples
+
+    def test_accuracy(self) -> float:
+        return self.loop.evaluate(self.test, "test")["test/accuracy"]
+
+
+def make(name: str, reviews: Reviews, seed: int, **changes: object) -> ArticleCode | Harness:
+    """Builds the contender called ``name`` (one of ``NAMES``)."""
+    if name == "article_code":
+        return ArticleCode(reviews, seed)
+    return Harness(name, reviews, harness_config(name, seed, **changes))
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The machine's practical float32 peak: GFLOP/s of a dense ``size`` x ``size`` matmul."""
+    a = tf.random.stateless_normal([size, size], seed=[1, 2])
+    b = tf.random.stateless_normal([size, size], seed=[3, 4])
+    tf.matmul(a, b).numpy()  # Warm up.
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
