@@ -321,12 +321,12 @@ def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
         flat = np.concatenate(list(split.reviews)) if len(split) else np.zeros(0, np.int32)
         flat = np.where(flat < config.vocab_size, flat, _NPZ_OOV_ID).astype(np.int32)
         ids = tf.RaggedTensor.from_row_lengths(flat, lengths)
-        dataset = tf.data.Dataset.from_tensor_slices((_truncate(ids, config), labels))
+        dataset = tf.data.Dataset.from_tensor_slices((truncate(ids, config), labels))
     else:
         dataset = (
             tf.data.Dataset.from_tensor_slices((split.reviews.astype(str), labels))
             .batch(_ENCODE_BATCH)
-            .map(lambda text, label: (_truncate(vectorizer(text), config), label),
+            .map(lambda text, label: (truncate(vectorizer(text), config), label),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .unbatch())
     dataset = dataset.map(lambda ids, label: (tf.cast(ids, tf.int32), label))
@@ -334,7 +334,7 @@ def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
     return dataset.apply(tf.data.experimental.assert_cardinality(len(split))).cache()
 
 
-def _truncate(ids: tf.RaggedTensor, config: Config) -> tf.RaggedTensor:
+def truncate(ids: tf.RaggedTensor, config: Config) -> tf.RaggedTensor:
     """Keeps the last max_len ids for pre padding (Keras' pad_sequences), else the first."""
     return ids[:, -config.max_len:] if config.padding == "pre" else ids[:, :config.max_len]
 

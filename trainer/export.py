@@ -61,7 +61,7 @@ class ReviewScorer(tf.Module):
         # The steps of data.encode then data.batches, on a whole batch of strings. Always
         # to max_len: with --bucket_by_length the mask makes the width irrelevant, and a
         # batch of empty reviews would otherwise be 0 wide, which the LSTM cannot run.
-        ids = data._truncate(self.vectorizer(reviews), config)
+        ids = data.truncate(self.vectorizer(reviews), config)
         padded = tf.map_fn(lambda row: data.pad(row, config), ids,
                            fn_output_signature=tf.TensorSpec([config.max_len], ids.dtype))
         probabilities = self.net(tf.cast(padded, tf.int32), training=False)
