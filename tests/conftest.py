@@ -98,3 +98,20 @@ def run_trainer() -> Callable[..., subprocess.CompletedProcess]:
                               env=full_env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_run(run_trainer, imdb_archive, tmp_path_factory) -> Path:
+    """One small smoke run (2 epochs of 14 steps) that profiles steps 3 to 5.
+
+    Shared by the export and summaries tests: a trainer run is the slow part.
+    Its stderr is kept in ``stderr.txt`` beside the outputs.
+    """
+    model_dir = tmp_path_factory.mktemp("small") / "run"
+    process = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
+                          f"--model_dir={model_dir}", "--max_train_examples=1000",
+                          "--max_test_examples=400", "--epochs=2", "--max_len=64",
+                          "--log_every_steps=5", "--profile_steps=3,5")
+    assert process.returncode == 0, process.stderr[-3000:]
+    (model_dir / "stderr.txt").write_text(process.stderr)
+    return model_dir

@@ -104,25 +104,15 @@ def test_unreadable_model_dirs_are_named_in_the_error(tmp_path):
         export.load(str(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(run_trainer, imdb_archive, tmp_path_factory) -> Path:
-    model_dir = tmp_path_factory.mktemp("export") / "run"
-    process = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
-                          f"--model_dir={model_dir}", "--max_train_examples=1000",
-                          "--max_test_examples=400", "--epochs=2", "--max_len=64")
-    assert process.returncode == 0, process.stderr[-3000:]
-    return model_dir
-
-
 @pytest.mark.slow
-def test_export_reloaded_in_a_fresh_process_reproduces_the_test_accuracy(smoke_run, tmp_path):
-    metrics = json.loads((smoke_run / "metrics.json").read_text())
+def test_export_reloaded_in_a_fresh_process_reproduces_the_test_accuracy(small_run, tmp_path):
+    metrics = json.loads((small_run / "metrics.json").read_text())
     test = data.load(Config(**metrics["flags"])).test  # The run's own test reviews.
     reviews_file = tmp_path / "test.json"
     reviews_file.write_text(json.dumps({"reviews": list(test.reviews),
                                         "labels": test.labels.tolist()}))
     process = subprocess.run(
-        [sys.executable, "-c", SCORE_IN_FRESH_PROCESS, str(smoke_run / "export"),
+        [sys.executable, "-c", SCORE_IN_FRESH_PROCESS, str(small_run / "export"),
          str(reviews_file)], capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
     accuracy = json.loads(process.stdout.splitlines()[-1])["accuracy"]
@@ -132,7 +122,7 @@ def test_export_reloaded_in_a_fresh_process_reproduces_the_test_accuracy(smoke_r
 
 
 @pytest.mark.slow
-def test_run_keeps_the_keras_model_beside_the_export(smoke_run):
-    net = keras.saving.load_model(str(smoke_run / "model.keras"))
-    assert net.count_params() == json.loads((smoke_run / "metrics.json").read_text())[
+def test_run_keeps_the_keras_model_beside_the_export(small_run):
+    net = keras.saving.load_model(str(small_run / "model.keras"))
+    assert net.count_params() == json.loads((small_run / "metrics.json").read_text())[
         "num_params"]

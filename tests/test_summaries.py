@@ -19,19 +19,6 @@ from trainer.config import Config
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def profiled_run(run_trainer, imdb_archive, tmp_path_factory) -> Path:
-    """One small smoke run (2 epochs of 14 steps) that profiles steps 3 to 5."""
-    model_dir = tmp_path_factory.mktemp("profiled") / "run"
-    process = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
-                          f"--model_dir={model_dir}", "--max_train_examples=1000",
-                          "--max_test_examples=400", "--epochs=2", "--max_len=64",
-                          "--log_every_steps=5", "--profile_steps=3,5")
-    assert process.returncode == 0, process.stderr[-3000:]
-    (model_dir / "stderr.txt").write_text(process.stderr)
-    return model_dir
-
-
 def read_events(logdir: Path) -> event_accumulator.EventAccumulator:
     events = event_accumulator.EventAccumulator(
         str(logdir), size_guidance={event_accumulator.TENSORS: 0})
@@ -45,9 +32,9 @@ def scalar_values(events: event_accumulator.EventAccumulator, tag: str) -> dict[
 
 
 @pytest.mark.slow
-def test_event_files_hold_the_named_scalars_with_the_runs_values(profiled_run):
-    metrics = json.loads((profiled_run / "metrics.json").read_text())
-    events = read_events(profiled_run / "tensorboard")
+def test_event_files_hold_the_named_scalars_with_the_runs_values(small_run):
+    metrics = json.loads((small_run / "metrics.json").read_text())
+    events = read_events(small_run / "tensorboard")
     interval = ["train/loss", "train/accuracy", "train/learning_rate",
                 "train/examples_per_sec", "train/step_seconds"]
     for tag in interval:
@@ -65,8 +52,8 @@ def test_event_files_hold_the_named_scalars_with_the_runs_values(profiled_run):
 
 
 @pytest.mark.slow
-def test_hparams_summary_holds_the_runs_flags(profiled_run):
-    events = read_events(profiled_run / "tensorboard")
+def test_hparams_summary_holds_the_runs_flags(small_run):
+    events = read_events(small_run / "tensorboard")
     [event] = events.Tensors("_hparams_/session_start_info")
     metadata = events.SummaryMetadata("_hparams_/session_start_info")
     assert metadata.plugin_data.plugin_name == "hparams"
@@ -79,16 +66,16 @@ def test_hparams_summary_holds_the_runs_flags(profiled_run):
 
 
 @pytest.mark.slow
-def test_profiled_steps_leave_a_trace_where_tensorboard_looks(profiled_run):
-    traces = list((profiled_run / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+def test_profiled_steps_leave_a_trace_where_tensorboard_looks(small_run):
+    traces = list((small_run / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1
     assert traces[0].stat().st_size > 0
-    assert "traced steps 3-5" in (profiled_run / "stderr.txt").read_text()
+    assert "traced steps 3-5" in (small_run / "stderr.txt").read_text()
 
 
 @pytest.mark.slow
-def test_training_curves_png_is_a_valid_picture(profiled_run):
-    path = profiled_run / summaries.CURVES_FILE
+def test_training_curves_png_is_a_valid_picture(small_run):
+    path = small_run / summaries.CURVES_FILE
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     with Image.open(path) as image:
         image.verify()

@@ -209,18 +209,6 @@ class ProfilerWindow:
         self.done = True
 
 
-def write_test_metrics(config: Config, step: int, metrics: dict[str, float]) -> None:
-    """Adds the final ``test/*`` scalars to the TensorBoard run (chief only).
-
-    They are the HParams table's result columns, next to the flags written at the start.
-    """
-    writer = tf.summary.create_file_writer(config.tensorboard_dir)
-    with writer.as_default(step=step):
-        for name, value in metrics.items():
-            tf.summary.scalar(name, value)
-    writer.close()
-
-
 def write_training_curves(history: list[dict[str, Any]], path: str) -> None:
     """Draws loss and accuracy per epoch, train and validation, into a PNG at ``path``.
 

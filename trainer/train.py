@@ -91,6 +91,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     try:
         fit = trainer.fit(datasets, reporter, manager, best_manager)
         test = trainer.evaluate(datasets.test, "test")
+        # The HParams table's result columns, beside the flags written at the start.
+        reporter.scalars(fit.train_steps, test)
     finally:
         reporter.close()
         distribute.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
@@ -118,7 +120,6 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         "flags": config.to_dict(),
     }
     if chief:
-        summaries.write_test_metrics(config, fit.train_steps, test)
         write_outputs(config, net, vectorizer, metrics)
     return metrics
 
