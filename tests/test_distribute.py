@@ -48,3 +48,33 @@ def test_outside_a_cluster_this_process_is_chief_and_writes_in_place(tmp_path):
     assert distribute.is_chief(strategy)
     assert distribute.private_dir(str(tmp_path), strategy) == str(tmp_path)
     assert distribute.strategy_name(strategy) == "default"
+
+
+def test_a_lost_worker_is_named_in_one_readable_line():
+    import tensorflow as tf
+
+    message = """Graph execution error:
+
+Detected at node while/cond_2/adam/CollectiveReduceV2 defined at (most recent call last):
+  File "/work/main/trainer/main.py", line 59, in <module>
+  File "/work/main/trainer/loop.py", line 181, in train_steps
+
+Collective ops is aborted by: recvmsg:Connection reset by peer
+Additional GRPC error information from remote target /job:worker/replica:0/task:1:
+:UNKNOWN:Error received from peer  {grpc_status:14}
+The error could be from a previous operation. Restart your program to reset.
+\t [[{{node while/cond_2/adam/CollectiveReduceV2}}]] [Op:__inference_train_steps_2307]"""
+    cluster = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]}), "worker", 0)
+    strategy = type("FakeStrategy", (), {"cluster_resolver": cluster})()
+    with (pytest.raises(distribute.ClusterError) as error,
+          distribute.lost_workers_stop(strategy, "gs://bucket/run/checkpoints")):
+        raise tf.errors.UnavailableError(None, None, message)
+    assert str(error.value) == (
+        "lost contact with another worker (Collective ops is aborted by: recvmsg:Connection "
+        "reset by peer); every worker stops. Start all of them again with the same command to "
+        "resume from the last checkpoint in gs://bucket/run/checkpoints.")
+    # One process alone has no one to lose: its errors stay what they are.
+    with (pytest.raises(tf.errors.UnavailableError),
+          distribute.lost_workers_stop(tf.distribute.get_strategy(), "ckpt")):
+        raise tf.errors.UnavailableError(None, None, message)

@@ -121,3 +121,19 @@ def test_nan_loss_stops_at_once_naming_the_step_and_keeps_the_last_checkpoint(tm
     with pytest.raises(loop.TrainingDivergedError, match=r"at step 19 \(epoch 4\)"):
         broken.fit(tiny_datasets(more), Recorder(), *managers)
     assert tf.train.latest_checkpoint(str(tmp_path)) == good
+
+
+def test_a_half_written_checkpoint_is_never_picked(tmp_path):
+    config = tiny_config(epochs=1)
+    trainer, managers = make_loop(config, str(tmp_path))
+    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    complete = tf.train.latest_checkpoint(str(tmp_path))
+    # What a kill -9 in the middle of the next save leaves: TensorFlow writes the shards to a
+    # temporary folder and lists a checkpoint in the "checkpoint" file only once it is whole.
+    (tmp_path / "ckpt-2_temp").mkdir()
+    (tmp_path / "ckpt-2_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 9)
+    (tmp_path / "ckpt-2.index").write_bytes(b"truncated")
+    assert tf.train.latest_checkpoint(str(tmp_path)) == complete
+    resumed, _ = make_loop(config, str(tmp_path))
+    resumed.checkpoint.restore(complete).assert_existing_objects_matched()
+    assert (resumed.step, int(resumed.epoch)) == (trainer.step, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -153,3 +154,54 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes(imdb_archive,
     assert metrics["epochs_completed"] == 2
     steps_per_epoch = metrics["history"][0]["step"]
     assert metrics["train_steps"] == 2 * steps_per_epoch
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_the_same_command_finishes_like_no_kill(
+        run_trainer, imdb_archive, tmp_path):
+    import random
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    # 900 training reviews (100 held out) at batch 16: 56 steps per epoch, 168 in all.
+    flags = [f"--data_path={imdb_archive}", "--max_train_examples=1000",
+             "--max_test_examples=400", "--max_len=64", "--batch_size=16", "--epochs=3",
+             "--checkpoint_every_steps=7", "--log_every_steps=10"]
+    start = time.monotonic()
+    reference = run_trainer(*flags, f"--model_dir={tmp_path / 'uninterrupted'}")
+    seconds = time.monotonic() - start
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
+
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    command = [sys.executable, "-m", "trainer.main", *flags, f"--model_dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("AIP_")}
+    attempts = []
+    for attempt in range(6):
+        log = tmp_path / f"attempt-{attempt}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT)
+        if attempt == 0:  # The first kill lands inside an epoch for sure.
+            while "epoch 2/3 | step " not in log.read_text():
+                assert process.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
+            process.kill()
+        elif attempt < 4:  # Then anywhere: start-up, an epoch, a checkpoint, the outputs.
+            try:
+                process.wait(timeout=rng.uniform(0.2, 0.7) * seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        attempts.append(process.wait(timeout=300))
+        if attempts[-1] == 0:
+            break
+    assert attempts[0] == -9 and attempts[-1] == 0, (seed, attempts, log.read_text()[-3000:])
+    assert attempts.count(-9) >= 2, (seed, attempts)
+    got = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("epochs_completed", "train_steps", "best_epoch"):
+        assert got[key] == expected[key], (seed, attempts, key)
+    assert [h["step"] for h in got["history"]] == [56, 112, 168]
+    assert abs(got["test_accuracy"] - expected["test_accuracy"]) <= 0.01, seed

@@ -55,6 +55,7 @@ class Config:
     strategy: str = "auto"
     num_gpus: int = 0
     cpu_replicas: int = 0
+    cluster_timeout_secs: int = 600
     precision: str = "auto"
     # Outputs.
     model_dir: str = ""
@@ -121,7 +122,7 @@ def _validate(config: Config) -> None:
             )
     for name in ("vocab_size", "max_len", "embedding_dim", "lstm_units", "batch_size",
                  "epochs", "steps_per_loop", "keep_checkpoints", "log_every_steps",
-                 "bucket_window_batches"):
+                 "bucket_window_batches", "cluster_timeout_secs"):
         value = getattr(config, name)
         if value <= 0:
             raise UserError(f"--{name}={value} must be a positive integer.")

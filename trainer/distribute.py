@@ -7,16 +7,29 @@ initializes its devices.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.eager import context
 
 from trainer.config import Config
 from trainer.errors import UserError
+
+# What collectives raise when a peer process is gone or silent.
+_LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                     tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+
+class ClusterError(RuntimeError):
+    """A worker did not start in time, or one was lost mid-run; restarting them all resumes."""
 
 
 def parse_tf_config(raw: str | None) -> dict[str, Any] | None:
@@ -94,7 +107,15 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
             name = "default"
     if name == "multi_worker":
         # With no TF_CONFIG this is a valid one-worker cluster.
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if tf_config:
+            _configure_coordination(tf_config, config.cluster_timeout_secs)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except _LOST_PEER_ERRORS as error:
+            raise ClusterError(
+                f"the cluster did not come together within --cluster_timeout_secs="
+                f"{config.cluster_timeout_secs}: {_missing(error, tf_config)}. Start every "
+                "worker named in TF_CONFIG, each with its own task index.") from None
     if name == "tpu":
         return _make_tpu_strategy()
     if config.cpu_replicas:
@@ -107,6 +128,82 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(devices[0].name)
     return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> None:
+    """Sets up the coordination service MultiWorkerMirroredStrategy would, with a deadline.
+
+    The strategy's own set-up lets worker 0 wait forever for a worker that never
+    starts. With ``cluster_register_with_barrier`` every task, the leader
+    included, gives up after ``timeout_secs``. Its heartbeats (10 s by default)
+    are what make the survivors stop when a worker dies silently mid-run.
+    TensorFlow has no public API for these settings.
+    """
+    cluster = tf_config["cluster"]
+    leader = "/job:chief/replica:0/task:0" if "chief" in cluster else "/job:worker/replica:0/task:0"
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=leader,
+        cluster_register_timeout_in_ms=timeout_secs * 1000,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(tasks))
+                          for job, tasks in cluster.items() if job in ("chief", "worker")])
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes training together: the tasks of TF_CONFIG's cluster, else 1."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(1, sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()))
+
+
+@contextlib.contextmanager
+def lost_workers_stop(strategy: tf.distribute.Strategy, checkpoint_dir: str) -> Iterator[None]:
+    """Turns a collective failing on a lost peer into ClusterError, with what to do next.
+
+    When a worker dies, the others' collectives fail at once (connection reset)
+    or when its heartbeats stop; TensorFlow's message is a page of RPC detail.
+    """
+    try:
+        yield
+    except _LOST_PEER_ERRORS as error:
+        if num_workers(strategy) == 1:
+            raise
+        raise ClusterError(
+            f"lost contact with another worker ({_first_line(error)}); every worker stops. "
+            f"Start all of them again with the same command to resume from the last "
+            f"checkpoint in {checkpoint_dir}.") from None
+
+
+def _first_line(error: tf.errors.OpError) -> str:
+    """The line of a TensorFlow error that says what happened, without the RPC detail."""
+    noise = ("Graph execution error", "Detected at node", "File ", "Additional GRPC", ":UNKNOWN",
+             "[[", "The error could be")
+    lines = [re.sub(r"^\{\{[^}]*\}\}", "", line).strip() for line in error.message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(noise)]
+    if not useful:
+        return type(error).__name__
+    first = useful[0]
+    if first.endswith(":") and len(useful) > 1:  # "... unhealthy (stopped sending heartbeats):"
+        first += " " + useful[1]
+    return first[:200]
+
+
+def _missing(error: tf.errors.OpError, tf_config: dict[str, Any] | None) -> str:
+    """Who the cluster waited for, from a failed start."""
+    # The leader lists who never registered, one per line after "Some timed out task names:".
+    listed = error.message.partition("timed out task names:")[2].strip().splitlines()
+    tasks = []
+    for line in listed:
+        task = re.fullmatch(r"/job:(\w+)/replica:\d+/task:(\d+)", line.strip())
+        if not task:
+            break
+        tasks.append(f"{task[1]} {task[2]}")
+    if tasks:
+        return "no word from " + ", ".join(dict.fromkeys(tasks))
+    leader = ("chief", 0) if tf_config and "chief" in tf_config["cluster"] else ("worker", 0)
+    address = tf_config["cluster"][leader[0]][0] if tf_config else "?"
+    return f"no answer from {leader[0]} {leader[1]} at {address}, which leads the cluster"
 
 
 def _configure_gpus(config: Config) -> int:

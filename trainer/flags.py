@@ -92,6 +92,10 @@ flags.DEFINE_integer(
     "cpu_replicas", _D.cpu_replicas,
     "Split the CPU into N logical devices, so --strategy=mirrored runs N replicas on a machine "
     "without GPUs (0 = do not split). For trying and testing distributed training.")
+flags.DEFINE_integer(
+    "cluster_timeout_secs", _D.cluster_timeout_secs,
+    "Multi-worker: how long each worker waits for all the workers in TF_CONFIG to start before "
+    "it stops with an error (a worker that dies later is noticed within seconds).")
 flags.DEFINE_enum(
     "precision", _D.precision, config_lib.PRECISIONS,
     "Keras dtype policy. auto: mixed_float16 on a GPU, float32 on CPU (where mixed precision "

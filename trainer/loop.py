@@ -10,14 +10,11 @@ history) all lives in one ``tf.train.Checkpoint``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import keras
@@ -25,10 +22,7 @@ import tensorflow as tf
 
 from trainer import data
 from trainer.config import Config
-
-
-class PreemptedError(RuntimeError):
-    """SIGTERM arrived (a spot VM or a managed job being taken); a checkpoint was saved."""
+from trainer.preemption import Preemption
 
 
 class TrainingDivergedError(RuntimeError):
@@ -115,7 +109,6 @@ class Loop:
             epoch_totals=self.epoch_totals, best_val_loss=self.best_val_loss,
             best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, history=self.history)
         self.best_weights = tf.train.Checkpoint(model=model)
-        self._terminate_requested = False  # Set by SIGTERM; checked between step loops.
         self._train_steps = self._make_train_steps()
         self._eval_step = self._make_eval_step()
 
@@ -231,14 +224,18 @@ class Loop:
 
         Raises:
           TrainingDivergedError: the loss became NaN or infinite (nothing is saved).
-          PreemptedError: SIGTERM arrived; the state was saved after the current steps.
+          PreemptedError: SIGTERM arrived (here or, with several workers, at any
+            of them); every process saved the state after the same step.
         """
-        with _sigterm_stops(self):
-            return self._fit(datasets, reporter, manager, best_manager)
+        # Created after the restore: see its doc.
+        preemption = Preemption(self.strategy, manager, self.config.checkpoint_dir)
+        with preemption.watching():
+            return self._fit(datasets, reporter, manager, best_manager, preemption)
 
     def _fit(self, datasets: Datasets, reporter: Reporter,
              manager: tf.train.CheckpointManager,
-             best_manager: tf.train.CheckpointManager | None) -> FitResult:
+             best_manager: tf.train.CheckpointManager | None,
+             preemption: Preemption) -> FitResult:
         config = self.config
         steps_in_epoch = int(datasets.train.cardinality()) // self.global_batch_size
         train_seconds, train_examples = 0.0, 0.0
@@ -276,11 +273,7 @@ class Loop:
                         * self.global_batch_size / max(seconds, 1e-9)})
                 if _crossed(loop_start_step, self.step, config.checkpoint_every_steps):
                     manager.save()
-                if self._terminate_requested:
-                    path = manager.save()
-                    raise PreemptedError(f"stopped by SIGTERM at step {self.step} (epoch "
-                                         f"{epoch}); saved {path}: run the same command to "
-                                         "resume there.")
+                preemption.check()
             seconds = time.perf_counter() - epoch_start
             examples = (epoch_step - skip) * self.global_batch_size
             train_seconds += seconds
@@ -330,27 +323,6 @@ def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> tf.Ten
     correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float64))
     return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)), correct,
                      tf.cast(tf.size(labels), tf.float64)])
-
-
-@contextlib.contextmanager
-def _sigterm_stops(target: Loop) -> Iterator[None]:
-    """While training, SIGTERM asks the loop to checkpoint and stop between step loops.
-
-    The handler only sets a flag: saving from inside a signal handler could
-    interrupt a step. Outside ``fit`` SIGTERM keeps its previous meaning.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Signal handlers can only be set from the main thread.
-        return
-
-    def request_stop(signum: int, frame: object) -> None:
-        target._terminate_requested = True
-
-    previous = signal.signal(signal.SIGTERM, request_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

@@ -26,11 +26,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
 from absl import app
+from absl import logging as absl_logging
 
-from trainer import flags, loop, train
+from trainer import distribute, flags, loop, preemption, train
 from trainer.errors import UserError, exit_with, parse_flags
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM; a supervisor should restart.
+# EX_TEMPFAIL: stopped by SIGTERM after a checkpoint, or a worker of the cluster is missing
+# or lost. Running the same command again (all workers, for a cluster) resumes.
+EXIT_RESTART = 75
 
 
 def main(argv: list[str]) -> None:
@@ -44,15 +47,35 @@ def main(argv: list[str]) -> None:
         exit_with(f"error: {error}")
     except loop.TrainingDivergedError as error:
         exit_with(f"error: {error}", 1)
-    except loop.PreemptedError as error:
-        exit_with(f"preempted: {error}", EXIT_PREEMPTED)
+    except preemption.PreemptedError as error:
+        exit_with(f"preempted: {error}", EXIT_RESTART)
+    except distribute.ClusterError as error:
+        exit_with(f"error: {error}", EXIT_RESTART)
 
 
 def run() -> None:
     """Console-script entry point (``imdb-train``)."""
     # TensorFlow's Python INFO lines (per-reduce device placement) drown the progress.
     py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
+    _quiet_tensorflow_internals()
     app.run(main, flags_parser=parse_flags)
+
+
+def _quiet_tensorflow_internals() -> None:
+    """Hides TensorFlow's own absl INFO lines and its deprecation notes about itself.
+
+    Multi-worker checkpoints log "Sharding callback duration" at INFO, and the
+    preemption handler calls one of TensorFlow's deprecated properties; neither
+    is anything a user can act on.
+    """
+    def keep(record: py_logging.LogRecord) -> bool:
+        internal = f"{os.sep}tensorflow{os.sep}" in record.pathname
+        return not internal or (record.levelno >= py_logging.WARNING
+                                and not record.pathname.endswith("deprecation.py"))
+
+    absl_logging.get_absl_handler().addFilter(keep)
+    for handler in py_logging.getLogger("tensorflow").handlers:
+        handler.addFilter(keep)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     Raises:
       UserError: bad input (flags, data, TF_CONFIG), with a one-line message.
       loop.TrainingDivergedError: the loss became NaN or infinite.
+      preemption.PreemptedError: SIGTERM; the state was saved.
+      distribute.ClusterError: a worker did not start, or was lost.
     """
     start = time.time()
     strategy = distribute.make_strategy(config)  # First TensorFlow work of the process.
@@ -78,6 +80,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
                  "is NOT cuDNN-eligible: " + "; ".join(blockers),
                  "" if gpus else " (no GPU here, so it runs the generic kernel)")
 
+    if config.overwrite and chief and tf.io.gfile.exists(config.checkpoint_dir):
+        tf.io.gfile.rmtree(config.checkpoint_dir)  # Start over: no old state to resume.
     checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
     manager, best_manager = loop.make_managers(trainer, config, checkpoint_dir)
     # Every worker resumes from the chief's checkpoints, the only ones kept.
@@ -89,8 +93,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
                      trainer.step)
     reporter = summaries.Summaries(config, chief, net, optimizer)
     try:
-        fit = trainer.fit(datasets, reporter, manager, best_manager)
-        test = trainer.evaluate(datasets.test, "test")
+        with distribute.lost_workers_stop(strategy, config.checkpoint_dir):
+            fit = trainer.fit(datasets, reporter, manager, best_manager)
+            test = trainer.evaluate(datasets.test, "test")
         # The HParams table's result columns, beside the flags written at the start.
         reporter.scalars(fit.train_steps, test)
     finally:
