@@ -39,9 +39,12 @@ class Group:
         self.logs = [model_dir.parent / f"{model_dir.name}-{attempt}-worker{i}.log"
                      for i in range(num_workers)]
         self.processes: list[subprocess.Popen] = []
+        self.tmp_dirs: list[Path] = []  # Each worker's TMPDIR.
         for i in (range(num_workers) if start is None else start):
             env = {k: v for k, v in os.environ.items() if not k.startswith("AIP_")}
-            env.update(PYTHONUNBUFFERED="1", TF_CONFIG=json.dumps(
+            self.tmp_dirs.append(model_dir.parent / f"{model_dir.name}-tmp{i}")
+            self.tmp_dirs[-1].mkdir(exist_ok=True)
+            env.update(PYTHONUNBUFFERED="1", TMPDIR=str(self.tmp_dirs[-1]), TF_CONFIG=json.dumps(
                 {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}))
             with self.logs[i].open("w") as log:
                 self.processes.append(subprocess.Popen(
@@ -105,8 +108,10 @@ def test_two_replicas_and_two_workers_match_one_device(run_trainer, imdb_archive
         assert abs(metrics["test_accuracy"] - reference["test_accuracy"]) <= 0.01
         for got, want in zip(weights(run), weights(one), strict=True):
             np.testing.assert_allclose(got, want, atol=1e-4)
-    # Only the chief writes the outputs; the other worker's checkpoints went to a temp folder.
+    # Only the chief writes the outputs. Worker 1 wrote its checkpoints to a temporary
+    # folder (imdb-worker1-*), removed at the end.
     assert not list(tmp_path.glob("workers/**/*worker1*"))
+    assert [list(d.iterdir()) for d in group.tmp_dirs] == [[], []]
 
 
 @pytest.mark.slow
