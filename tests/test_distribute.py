@@ -78,3 +78,21 @@ The error could be from a previous operation. Restart your program to reset.
     with (pytest.raises(tf.errors.UnavailableError),
           distribute.lost_workers_stop(tf.distribute.get_strategy(), "ckpt")):
         raise tf.errors.UnavailableError(None, None, message)
+
+
+@pytest.mark.parametrize("strategy, cluster, gpus, cpu_replicas, expected", [
+    ("auto", None, 0, 0, "default"),            # A laptop: no GPU.
+    ("auto", None, 1, 0, "one_device"),         # One GPU.
+    ("auto", None, 4, 0, "mirrored"),           # A multi-GPU VM (or --num_gpus=4 of 8).
+    ("auto", None, 0, 2, "mirrored"),           # --cpu_replicas=2: mirrored on a CPU.
+    ("auto", GOOD, 4, 0, "multi_worker"),       # TF_CONFIG naming two workers wins.
+    ("auto", {"cluster": {"worker": ["localhost:1"]},
+              "task": {"type": "worker", "index": 0}}, 2, 0, "mirrored"),  # One task alone.
+    ("mirrored", None, 0, 0, "mirrored"),       # An explicit choice is kept.
+])
+def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_replicas,
+                                                  expected):
+    from trainer.config import Config
+
+    config = Config(strategy=strategy, cpu_replicas=cpu_replicas)
+    assert distribute.choose(config, cluster, num_gpus=gpus) == expected

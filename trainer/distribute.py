@@ -93,18 +93,7 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
     # Only physical-device calls until the strategy exists: listing logical devices
     # initializes TensorFlow, after which collectives can no longer be configured.
-    num_gpus = _configure_gpus(config)
-    name = config.strategy
-    if name == "auto":
-        num_tasks = sum(len(v) for v in tf_config["cluster"].values()) if tf_config else 0
-        if num_tasks > 1:
-            name = "multi_worker"
-        elif num_gpus > 1 or (not num_gpus and config.cpu_replicas > 1):
-            name = "mirrored"
-        elif num_gpus == 1:
-            name = "one_device"
-        else:
-            name = "default"
+    name = choose(config, tf_config, num_gpus=_configure_gpus(config))
     if name == "multi_worker":
         # With no TF_CONFIG this is a valid one-worker cluster.
         if tf_config:
@@ -128,6 +117,24 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(devices[0].name)
     return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def choose(config: Config, tf_config: dict[str, Any] | None, num_gpus: int) -> str:
+    """The strategy to build: ``config.strategy``, or what ``auto`` means on this hardware.
+
+    Args:
+      config: strategy and cpu_replicas.
+      tf_config: the parsed TF_CONFIG, if any.
+      num_gpus: GPUs the run will use (after --num_gpus).
+    """
+    if config.strategy != "auto":
+        return config.strategy
+    num_tasks = sum(len(tasks) for tasks in tf_config["cluster"].values()) if tf_config else 0
+    if num_tasks > 1:
+        return "multi_worker"
+    if num_gpus > 1 or (not num_gpus and config.cpu_replicas > 1):
+        return "mirrored"
+    return "one_device" if num_gpus == 1 else "default"
 
 
 def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> None:
