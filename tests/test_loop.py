@@ -137,3 +137,13 @@ def test_a_half_written_checkpoint_is_never_picked(tmp_path):
     resumed, _ = make_loop(config, str(tmp_path))
     resumed.checkpoint.restore(complete).assert_existing_objects_matched()
     assert (resumed.step, int(resumed.epoch)) == (trainer.step, 1)
+
+
+def test_only_the_newest_keep_checkpoints_stay_on_disk(tmp_path):
+    config = tiny_config(epochs=2, checkpoint_every_steps=2, keep_checkpoints=2)
+    trainer, managers = make_loop(config, str(tmp_path))
+    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    # 12 steps: saves at steps 2, 4, 6 (and the epoch end), 8, 10, 12 (and the epoch end).
+    kept = sorted(int(p.name.split("-")[1].split(".")[0]) for p in tmp_path.glob("ckpt-*.index"))
+    assert kept == [7, 8]
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")

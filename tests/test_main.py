@@ -205,3 +205,20 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_like_no_kill(
         assert got[key] == expected[key], (seed, attempts, key)
     assert [h["step"] for h in got["history"]] == [56, 112, 168]
     assert abs(got["test_accuracy"] - expected["test_accuracy"]) <= 0.01, seed
+
+
+def test_overwrite_trains_a_finished_model_dir_again_from_scratch(run_trainer, tiny_aclimdb,
+                                                                 tmp_path):
+    model_dir = tmp_path / "run"
+    flags = [f"--data_path={tiny_aclimdb}", f"--model_dir={model_dir}", "--batch_size=4",
+             "--max_len=16", "--early_stopping_patience=0"]
+    assert run_trainer(*flags, "--epochs=1").returncode == 0
+    process = run_trainer(*flags, "--epochs=2", "--overwrite")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "resuming from" not in process.stderr
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["train_steps"] == 2 * 21 // 4
+    # The first run's checkpoints are gone, not merely outnumbered.
+    assert sorted(p.name for p in (model_dir / "checkpoints").glob("ckpt-*.index")) == [
+        "ckpt-1.index", "ckpt-2.index"]
