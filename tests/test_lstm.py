@@ -97,3 +97,20 @@ def test_model_keras_file_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded.get_layer(model.LSTM_LAYER_NAME), LeanLSTM)
     np.testing.assert_allclose(loaded(ids), net(ids), atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, lean", [("mixed_float16", True), ("mixed_bfloat16", False)])
+def test_mixed_precision_trains_and_bfloat16_falls_back_to_keras(policy, lean):
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        config = Config(vocab_size=50, mask_padding=True, padding="post")
+        net = model.build(config, lean_lstm=True)
+        assert net.get_layer(model.LSTM_LAYER_NAME).runs_lean(training=True) == lean
+        ids = np.array([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]], np.int32)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(net(ids, training=True))
+        grads = tape.gradient(loss, net.trainable_weights)
+        assert all(np.isfinite(tf.convert_to_tensor(g).numpy().astype(np.float32)).all()
+                   for g in grads)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -58,10 +58,12 @@ class LeanLSTM(keras.layers.LSTM):
         Returns:
           True on the TensorFlow backend with no GPU, for the settings the lean
           loop implements: Keras' default activations, a bias, no recurrent
-          dropout, no input dropout while training, and one output per sequence.
+          dropout, no input dropout while training, one output per sequence,
+          and float32 or float16 (LSTMBlockCellGrad has no bfloat16 kernel).
         """
         return (keras.backend.backend() == "tensorflow"
                 and not tf.config.list_logical_devices("GPU")
+                and self.compute_dtype in ("float32", "float16")
                 and self.activation is keras.activations.tanh
                 and self.recurrent_activation is keras.activations.sigmoid
                 and self.use_bias and not self.recurrent_dropout
