@@ -161,10 +161,6 @@ def test_fast_settings_bucket_and_keep_the_lstm_cudnn_eligible(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     fast = parse("--fast_settings", "--model_dir=/tmp/x")
     assert fast.bucket_by_length and fast.uses_mask and fast.padding == "post"
-    # Small windows: 100-batch ones learned less per epoch (benchmarks/README.md).
-    assert fast.bucket_window_batches == 20
-    assert parse("--fast_settings", "--bucket_window_batches=100",
-                 "--model_dir=/tmp/x").bucket_window_batches == 100
     assert model.cudnn_blockers(model.build(fast), fast) == []
     assert model.build(fast).count_params() == 373_301
     with_pre = Config(bucket_by_length=True, padding="pre")
