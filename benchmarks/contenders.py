@@ -16,6 +16,7 @@ same reviews as the same ids.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import sys
 import time
@@ -147,15 +148,17 @@ def harness_config(name: str, seed: int, **changes: object) -> Config:
 class Harness:
     """The harness's pipeline and compiled loop under one Config."""
 
-    def __init__(self, name: str, reviews: Reviews, config: Config) -> None:
+    def __init__(self, name: str, reviews: Reviews, config: Config,
+                 lean_lstm: bool = False) -> None:
         self.name = name
+        self.lean_lstm = lean_lstm
         self.config = config
         self.strategy = tf.distribute.get_strategy()  # What --strategy=auto picks on a CPU.
         self.train = data.encode(reviews.splits.train, reviews.vectorizer, config)
         self.test = data.encode(reviews.splits.test, reviews.vectorizer, config)
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            net = model.build(config)
+            net = model.build(config, lean_lstm=lean_lstm)
             optimizer = model.make_optimizer(config)
         self.loop = loop.Loop(config, self.strategy, net, optimizer, config.batch_size)
         self.epochs_done = 0
@@ -197,10 +200,28 @@ class Harness:
 
 
 def make(name: str, reviews: Reviews, seed: int, **changes: object) -> ArticleCode | Harness:
-    """Builds the contender called ``name`` (one of ``NAMES``)."""
+    """Builds the contender called ``name``: one of ``NAMES``, or a harness variant.
+
+    A variant is ``harness_fast:bucket_window_batches=10`` (any Config fields,
+    joined with ``+``; values are Python literals), and ``lean_lstm=True``
+    builds ``trainer.lstm.LeanLSTM`` instead of Keras' own LSTM.
+
+    Args:
+      name: the contender, or ``base:field=value+field=value``.
+      reviews: from ``load_reviews``.
+      seed: initialization and shuffling.
+      **changes: Config fields applied to every harness contender.
+    """
     if name == "article_code":
         return ArticleCode(reviews, seed)
-    return Harness(name, reviews, harness_config(name, seed, **changes))
+    base, _, spec = name.partition(":")
+    if base not in NAMES[1:]:
+        raise ValueError(f"Unknown contender {name!r}: use one of {NAMES}, or a variant "
+                         "such as harness_fast:bucket_window_batches=10.")
+    variant = {key: ast.literal_eval(value)
+               for key, value in (item.split("=", 1) for item in spec.split("+") if item)}
+    lean_lstm = variant.pop("lean_lstm", False)
+    return Harness(name, reviews, harness_config(base, seed, **{**changes, **variant}), lean_lstm)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:

@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Training reviews per epoch, class-balanced (0 = all 25,000).")
     parser.add_argument("--rounds", type=int, default=3, help="Timed epochs per contender.")
     parser.add_argument("--contenders", default=",".join(contenders.NAMES),
-                        help=f"Comma-separated, from {', '.join(contenders.NAMES)}.")
+                        help=f"Comma-separated, from {', '.join(contenders.NAMES)}, or variants "
+                             "such as harness_fast:bucket_window_batches=10.")
     parser.add_argument("--steps_per_loop", type=int, default=0,
                         help="Override the harness's --steps_per_loop (0 = its default).")
     parser.add_argument("--seed", type=int, default=42)
@@ -137,6 +138,7 @@ def _settings(racer: contenders.ArticleCode | contenders.Harness) -> dict:
             "bucket_by_length": config.bucket_by_length,
             "bucket_window_batches": config.bucket_window_batches,
             "batch_size": config.batch_size, "steps_per_loop": config.steps_per_loop,
+            "lstm": "trainer.lstm.LeanLSTM" if racer.lean_lstm else "keras.layers.LSTM",
             "loop": "trainer.loop.Loop.train_steps"}
 
 

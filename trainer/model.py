@@ -5,11 +5,12 @@ from __future__ import annotations
 import keras
 
 from trainer.config import Config
+from trainer.lstm import LeanLSTM
 
 LSTM_LAYER_NAME = "lstm"
 
 
-def build(config: Config) -> keras.Model:
+def build(config: Config, *, lean_lstm: bool = False) -> keras.Model:
     """``Embedding(vocab_size, 32) -> LSTM(100) -> Dense(1, sigmoid)``: 373,301 parameters.
 
     Call inside ``strategy.scope()`` with the dtype policy already set. The
@@ -18,6 +19,10 @@ def build(config: Config) -> keras.Model:
 
     Args:
       config: vocab_size, embedding_dim, lstm_units, uses_mask.
+      lean_lstm: build ``trainer.lstm.LeanLSTM`` (same weights, same function,
+        cuDNN on a GPU, a hand-written CPU recurrence) instead of
+        ``keras.layers.LSTM``. Off: on this 2-core CPU it was not reliably
+        faster (0.8-1.3x in ``benchmarks/``); the benchmarks race the two.
 
     Returns:
       An unbuilt-optimizer Keras model whose output is P(positive), float32.
@@ -29,7 +34,9 @@ def build(config: Config) -> keras.Model:
                                    mask_zero=config.uses_mask, name="embedding"),
             # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
             # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
-            keras.layers.LSTM(config.lstm_units, name=LSTM_LAYER_NAME),
+            # LeanLSTM's CPU loop needs the same settings (LeanLSTM.runs_lean).
+            (LeanLSTM if lean_lstm else keras.layers.LSTM)(config.lstm_units,
+                                                           name=LSTM_LAYER_NAME),
             # Under mixed precision the sigmoid and the loss must stay float32.
             keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="positive"),
         ],

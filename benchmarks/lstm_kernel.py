@@ -1,0 +1,95 @@
+"""The LSTM layer alone, forward and backward: Keras' LSTM against ``trainer.lstm.LeanLSTM``.
+
+Run from the repository's root (about 2 minutes on 2 CPU cores)::
+
+    python -m benchmarks.lstm_kernel
+
+Both layers get the same weights and the same random inputs (batch 64, 32
+features, 100 units), in two shapes: the article's (500 steps, no mask) and a
+length-bucketed batch (217 steps, right-padded, masked). Every round times each
+layer in turn, inside one ``tf.function`` each; the JSON on stdout holds the
+median examples/s and the median ratio over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.contenders import log
+from trainer.lstm import LeanLSTM
+
+BATCH, FEATURES, UNITS = 64, 32, 100
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=10, help="Batches timed per round.")
+    return parser.parse_args(argv)
+
+
+def training_step(layer: keras.layers.Layer) -> Callable[..., tf.Tensor]:
+    """A compiled forward + backward pass of ``layer`` (the gradients, no update)."""
+
+    @tf.function
+    def step(inputs: tf.Tensor, mask: tf.Tensor | None) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(layer(inputs, mask=mask, training=True))
+        grads = tape.gradient(loss, [inputs, *layer.trainable_weights])
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rng = np.random.default_rng(0)
+    keras_lstm, lean_lstm = keras.layers.LSTM(UNITS), LeanLSTM(UNITS)
+    for layer in (keras_lstm, lean_lstm):
+        layer.build((None, None, FEATURES))
+    lean_lstm.set_weights(keras_lstm.get_weights())
+    steps = {"keras": training_step(keras_lstm), "lean": training_step(lean_lstm)}
+    lengths = rng.integers(150, 218, size=BATCH)  # Like a bucket of IMDB reviews.
+    shapes = {
+        "article_500_steps_no_mask": (500, None),
+        "bucketed_217_steps_masked": (217, tf.constant(np.arange(217) < lengths[:, None])),
+    }
+    result: dict = {"benchmark": "lstm_kernel", "batch_size": BATCH, "rounds": args.rounds,
+                    "batches_per_round": args.batches}
+    for shape_name, (width, mask) in shapes.items():
+        inputs = tf.constant(rng.normal(size=(BATCH, width, FEATURES)).astype(np.float32))
+        for step in steps.values():
+            step(inputs, mask)  # Trace and warm up.
+        rates: dict[str, list[float]] = {name: [] for name in steps}
+        for round_index in range(args.rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(args.batches):
+                    step(inputs, mask).numpy()
+                rates[name].append(BATCH * args.batches / (time.perf_counter() - start))
+            log(f"{shape_name} round {round_index + 1}: "
+                + ", ".join(f"{name} {r[-1]:.0f} examples/s" for name, r in rates.items()))
+        result[shape_name] = {
+            **{f"{name}_examples_per_sec": round(statistics.median(r), 1)
+               for name, r in rates.items()},
+            "lean_vs_keras": round(statistics.median(
+                lean / base for lean, base in zip(rates["lean"], rates["keras"], strict=True)), 3),
+        }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""trainer/lstm.py: LeanLSTM computes what keras.layers.LSTM computes, and saves like it."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import model
+from trainer.config import Config
+from trainer.lstm import LeanLSTM
+
+BATCH, STEPS, FEATURES, UNITS = 5, 9, 32, 100
+
+
+def twin_layers(**kwargs: object) -> tuple[keras.layers.LSTM, LeanLSTM]:
+    """Keras' LSTM and a LeanLSTM holding the same (non-default, asymmetric) weights."""
+    rng = np.random.default_rng(0)
+    reference, lean = keras.layers.LSTM(UNITS, **kwargs), LeanLSTM(UNITS, **kwargs)
+    for layer in (reference, lean):
+        layer.build((None, None, FEATURES))
+    weights = [w + rng.normal(scale=0.2, size=w.shape).astype(np.float32)
+               for w in reference.get_weights()]
+    reference.set_weights(weights)
+    lean.set_weights(weights)
+    return reference, lean
+
+
+def output_and_gradients(layer: keras.layers.Layer, inputs: np.ndarray, mask: np.ndarray | None,
+                         training: bool) -> list[np.ndarray]:
+    """The layer's output and the gradients of a weighted sum of it, in a tf.function."""
+    inputs = tf.constant(inputs)
+
+    @tf.function
+    def run() -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, mask=None if mask is None else tf.constant(mask),
+                            training=training)
+            # Uneven weights, so that a gradient sent to the wrong unit or row shows.
+            loss = tf.reduce_sum(outputs * tf.reshape(tf.linspace(-1.0, 2.0, tf.size(outputs)),
+                                                     tf.shape(outputs)))
+        return [outputs, *tape.gradient(loss, [inputs, *layer.trainable_weights])]
+
+    return [t.numpy() for t in run()]
+
+
+def padding_mask(padding: str) -> np.ndarray | None:
+    """True on the reviews' tokens; one row is all padding, one has none.
+
+    ``holes`` masks steps in the middle too: Keras carries the state across them.
+    """
+    if padding == "none":
+        return None
+    lengths = np.array([STEPS, 0, 1, 4, 7])
+    mask = np.arange(STEPS)[None, :] < lengths[:, None]
+    if padding == "holes":
+        mask[:, 1::3] = False
+        return mask
+    return mask if padding == "post" else mask[:, ::-1].copy()
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("padding", ["none", "post", "pre", "holes"])
+def test_outputs_and_gradients_equal_keras_lstm(padding, training):
+    inputs = np.random.default_rng(1).normal(size=(BATCH, STEPS, FEATURES)).astype(np.float32)
+    reference, lean = twin_layers()
+    assert lean.runs_lean(training)
+    expected = output_and_gradients(reference, inputs, padding_mask(padding), training)
+    actual = output_and_gradients(lean, inputs, padding_mask(padding), training)
+    names = ["output", "d inputs", "d kernel", "d recurrent_kernel", "d bias"]
+    for name, want, got in zip(names, expected, actual, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_settings_the_lean_loop_lacks_fall_back_to_keras():
+    inputs = np.random.default_rng(2).normal(size=(BATCH, STEPS, FEATURES)).astype(np.float32)
+    reference, lean = twin_layers(return_sequences=True)
+    assert not lean.runs_lean()
+    np.testing.assert_allclose(lean(inputs), reference(inputs), atol=1e-6)
+
+
+def test_the_model_keeps_keras_weight_names_and_shapes():
+    lstm = model.build(Config(), lean_lstm=True).get_layer(model.LSTM_LAYER_NAME)
+    assert isinstance(lstm, LeanLSTM)
+    assert {w.path.split("/")[-1]: tuple(w.shape) for w in lstm.weights} == {
+        "kernel": (32, 400), "recurrent_kernel": (100, 400), "bias": (400,)}
+
+
+def test_model_keras_file_round_trip(tmp_path):
+    config = Config(vocab_size=50, mask_padding=True, padding="post")
+    net = model.build(config, lean_lstm=True)
+    ids = np.array([[3, 4, 5, 0, 0], [7, 0, 0, 0, 0]], np.int32)
+    path = tmp_path / "model.keras"
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.get_layer(model.LSTM_LAYER_NAME), LeanLSTM)
+    np.testing.assert_allclose(loaded(ids), net(ids), atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, lean", [("mixed_float16", True), ("mixed_bfloat16", False)])
+def test_mixed_precision_trains_and_bfloat16_falls_back_to_keras(policy, lean):
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        config = Config(vocab_size=50, mask_padding=True, padding="post")
+        net = model.build(config, lean_lstm=True)
+        assert net.get_layer(model.LSTM_LAYER_NAME).runs_lean(training=True) == lean
+        ids = np.array([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]], np.int32)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(net(ids, training=True))
+        grads = tape.gradient(loss, net.trainable_weights)
+        assert all(np.isfinite(tf.convert_to_tensor(g).numpy().astype(np.float32)).all()
+                   for g in grads)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -1,0 +1,230 @@
+"""A leaner LSTM for CPUs: Keras' LSTM with the same weights and the same function.
+
+On a CPU, Keras runs a generic ``tf.while_loop`` whose every timestep
+multiplies that step's input by the kernel, multiplies the state by the
+recurrent kernel, and runs about 40 small ops; the gradient then replays the
+loop through TensorFlow's while-loop machinery, with two more small matmuls
+per step for the weight gradients. At batch 64 and 100 units each op is tiny,
+so per-op overhead, not arithmetic, sets the speed.
+
+``LeanLSTM`` keeps Keras' layer (weights, names, saving, the cuDNN path on a
+GPU) and replaces only the CPU recurrence:
+
+- the input projection ``x @ kernel + bias`` of all timesteps is one matmul,
+  before the loop;
+- each forward step does ``h @ recurrent_kernel``, the gate sigmoids and
+  tanh, the cell update, and (in training only) keeps what the backward pass
+  needs;
+- the gradient is written by hand (``tf.custom_gradient``): a backward loop
+  with one fused elementwise op (TensorFlow's ``LSTMBlockCellGrad``) and one
+  small matmul per step, then the recurrent kernel's gradient as one matmul
+  over all timesteps (the input kernel's and the bias's follow from the
+  projection's matmul, also over all timesteps).
+
+Whether that is faster here is measured, not assumed: ``python -m
+benchmarks.lstm_kernel`` and ``python -m benchmarks.throughput`` race it
+against Keras' LSTM (see ``benchmarks/README.md``).
+
+Masked timesteps carry the state unchanged and the layer returns the output
+of the last unmasked step, as Keras does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+# What the fused gradient op (LSTMBlockCellGrad) reads of each forward step, besides cs.
+SAVED_FOR_GRADIENT = ("i", "f", "o", "ci", "co")
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class LeanLSTM(keras.layers.LSTM):
+    """``keras.layers.LSTM`` with a faster recurrence when no GPU is present.
+
+    Same constructor, weights (``kernel``, ``recurrent_kernel``, ``bias``, gate
+    order i, f, c, o) and outputs. It falls back to Keras' own code (cuDNN on a
+    GPU) whenever the lean loop does not apply: see ``runs_lean``.
+    """
+
+    def runs_lean(self, training: bool = False) -> bool:
+        """Whether ``call`` uses the lean CPU loop rather than Keras' own.
+
+        Args:
+          training: dropout on the inputs only applies in training.
+
+        Returns:
+          True on the TensorFlow backend with no GPU, for the settings the lean
+          loop implements: Keras' default activations, a bias, no recurrent
+          dropout, no input dropout while training, one output per sequence,
+          and float32 or float16 (LSTMBlockCellGrad has no bfloat16 kernel).
+        """
+        return (keras.backend.backend() == "tensorflow"
+                and not tf.config.list_logical_devices("GPU")
+                and self.compute_dtype in ("float32", "float16")
+                and self.activation is keras.activations.tanh
+                and self.recurrent_activation is keras.activations.sigmoid
+                and self.use_bias and not self.recurrent_dropout
+                and not (training and self.dropout)
+                and not (self.unroll or self.go_backwards or self.return_sequences))
+
+    def inner_loop(self, sequences: tf.Tensor, initial_state: list[tf.Tensor],
+                   mask: tf.Tensor | None,
+                   training: bool = False) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        """Keras' hook for the recurrence; see ``keras.layers.RNN.inner_loop``."""
+        if not self.runs_lean(training):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        dtype = self.compute_dtype
+        h, c = lstm_last_state(
+            sequences, initial_state[0], initial_state[1], mask,
+            kernel=keras.ops.cast(self.cell.kernel, dtype),
+            recurrent_kernel=keras.ops.cast(self.cell.recurrent_kernel, dtype),
+            bias=keras.ops.cast(self.cell.bias, dtype), training=training)
+        return h, h[:, None, :], [h, c]
+
+
+def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Tensor | None,
+                    kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias: tf.Tensor,
+                    training: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    """Runs an LSTM (Keras' gate order i, f, c, o) over ``inputs``; returns the last state.
+
+    Args:
+      inputs: ``[batch, time, features]``.
+      h0: ``[batch, units]`` initial output.
+      c0: ``[batch, units]`` initial cell state.
+      mask: ``[batch, time]`` bool, False where the step is padding; or None.
+      kernel: ``[features, 4 * units]``.
+      recurrent_kernel: ``[units, 4 * units]``.
+      bias: ``[4 * units]``.
+      training: run the hand-written gradient, which keeps every step's gates;
+        False runs the forward loop alone (TensorFlow can still differentiate it,
+        slowly), which is also what a SavedModel can serialize.
+
+    Returns:
+      ``(h, c)`` after the last step (after the last unmasked step of each row).
+    """
+    # TensorFlow's fused LSTMBlockCellGrad wants the gates in the order i, c, f, o.
+    kernel, recurrent_kernel, bias = (_keras_to_icfo(w) for w in (kernel, recurrent_kernel, bias))
+    time_major = tf.transpose(inputs, [1, 0, 2])
+    steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
+    # One matmul for the input projection of every timestep.
+    projected = tf.reshape(
+        tf.nn.bias_add(tf.matmul(tf.reshape(time_major, [steps * batch, -1]), kernel), bias),
+        [steps, batch, 4 * recurrent_kernel.shape[0]])
+    keep = None if mask is None else tf.transpose(mask)[:, :, None]  # [time, batch, 1] bool.
+    if not training:
+        h, c, _ = _forward(projected, recurrent_kernel, h0, c0, keep, save=False)
+        return h, c
+    return _recurrence_with_gradient(keep)(projected, recurrent_kernel, h0, c0)
+
+
+def _keras_to_icfo(weights: tf.Tensor) -> tf.Tensor:
+    """Reorders the last axis from Keras' gates (i, f, c, o) to (i, c, f, o)."""
+    i, f, c, o = tf.split(weights, 4, axis=-1)
+    return tf.concat([i, c, f, o], axis=-1)
+
+
+def _forward(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor,
+             keep: tf.Tensor | None,
+             save: bool) -> tuple[tf.Tensor, tf.Tensor, dict[str, tf.TensorArray]]:
+    """The forward loop; with ``save``, every step's ``SAVED_FOR_GRADIENT`` and ``h``.
+
+    Returns:
+      ``(h, c, saved)``; ``saved`` is empty without ``save``. ``saved["h"]``
+      and ``saved["cs"]`` hold ``h0`` and ``c0``, then the state after every step.
+    """
+    steps = tf.shape(projected)[0]
+
+    def step(t: tf.Tensor, h: tf.Tensor, c: tf.Tensor,
+             saved: dict[str, tf.TensorArray]) -> tuple:
+        z = projected[t] + tf.matmul(h, recurrent_kernel)
+        zi, zc, zf, zo = tf.split(z, 4, axis=1)
+        i, ci, f, o = tf.sigmoid(zi), tf.tanh(zc), tf.sigmoid(zf), tf.sigmoid(zo)
+        cs = f * c + i * ci
+        co = tf.tanh(cs)
+        new_h = o * co
+        if keep is not None:  # Padding steps carry the state unchanged.
+            cs = tf.where(keep[t], cs, c)
+            new_h = tf.where(keep[t], new_h, h)
+        if saved:
+            values = {"i": i, "f": f, "o": o, "ci": ci, "co": co}
+            saved = {**{name: saved[name].write(t, values[name]) for name in values},
+                     "h": saved["h"].write(t + 1, new_h), "cs": saved["cs"].write(t + 1, cs)}
+        return t + 1, new_h, cs, saved
+
+    saved = {}
+    if save:
+        def array(size: tf.Tensor) -> tf.TensorArray:
+            # cs is read at two steps of the backward loop, hence clear_after_read=False.
+            return tf.TensorArray(projected.dtype, size=size, element_shape=h0.shape,
+                                  clear_after_read=False)
+
+        saved = {name: array(steps) for name in SAVED_FOR_GRADIENT}
+        # The states before every step, and after the last: index t holds step t's input.
+        saved["h"], saved["cs"] = array(steps + 1).write(0, h0), array(steps + 1).write(0, c0)
+    # Up to 32 iterations in flight: a step's reads, writes and gate math can overlap
+    # the next step's matmul (about 5% faster than the default 10 in benchmarks/).
+    _, h, c, saved = tf.while_loop(lambda t, *_: t < steps, step,
+                                   (tf.constant(0), h0, c0, saved), parallel_iterations=32)
+    return h, c, saved
+
+
+def _recurrence_with_gradient(keep: tf.Tensor | None) -> Callable:
+    """The recurrence over precomputed input projections (gates i, c, f, o), and its gradient.
+
+    ``keep`` (``[time, batch, 1]`` bool or None) is closed over: it gets no gradient.
+    """
+
+    @tf.custom_gradient
+    def run(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h0: tf.Tensor,
+            c0: tf.Tensor) -> tuple:
+        units = recurrent_kernel.shape[0]
+        h, c, saved = _forward(projected, recurrent_kernel, h0, c0, keep, save=True)
+
+        def grad(dh: tf.Tensor | None, dc: tf.Tensor | None) -> tuple:
+            dh = tf.zeros_like(h) if dh is None else dh
+            dc = tf.zeros_like(c) if dc is None else dc
+            recurrent_kernel_t = tf.transpose(recurrent_kernel)
+            zeros = tf.zeros([4 * units], projected.dtype)
+
+            zero_state = tf.zeros_like(h)
+            no_inputs = projected[0, :, :0]
+
+            def back_step(t: tf.Tensor, dh: tf.Tensor, dc: tf.Tensor,
+                          dzs: tf.TensorArray) -> tuple:
+                if keep is not None:  # A padding step passes the gradient straight through.
+                    dh_in, dc_in = dh, dc
+                    dh = tf.where(keep[t], dh, zero_state)
+                    dc = tf.where(keep[t], dc, zero_state)
+                # The fused elementwise gradient of one step: d(gate pre-activations) and
+                # d(c_prev). x, h_prev and w only give it shapes; the peepholes are off.
+                dc_prev, dz, *_ = tf.raw_ops.LSTMBlockCellGrad(
+                    x=no_inputs, cs_prev=saved["cs"].read(t), h_prev=dh, w=recurrent_kernel,
+                    wci=zeros[:units], wcf=zeros[:units], wco=zeros[:units], b=zeros,
+                    cs=saved["cs"].read(t + 1),
+                    **{name: saved[name].read(t) for name in SAVED_FOR_GRADIENT},
+                    cs_grad=dc, h_grad=dh, use_peephole=False)
+                dh_prev = tf.matmul(dz, recurrent_kernel_t)
+                if keep is not None:
+                    dh_prev = tf.where(keep[t], dh_prev, dh_in)
+                    dc_prev = tf.where(keep[t], dc_prev, dc_in)
+                return t - 1, dh_prev, dc_prev, dzs.write(t, dz)
+
+            steps = tf.shape(projected)[0]
+            _, dh0, dc0, dzs = tf.while_loop(
+                lambda t, *_: t >= 0, back_step,
+                (steps - 1, dh, dc, tf.TensorArray(projected.dtype, size=steps)),
+                parallel_iterations=32)
+            dprojected = dzs.stack()
+            # The recurrent kernel's gradient over all timesteps at once: h_{t-1} x dz_t.
+            dkernel = tf.matmul(tf.reshape(saved["h"].stack()[:-1], [-1, units]),
+                                tf.reshape(dprojected, [-1, 4 * units]), transpose_a=True)
+            return dprojected, dkernel, dh0, dc0
+
+        return (h, c), grad
+
+    return run
