@@ -133,7 +133,8 @@ def test_sigterm_to_one_worker_saves_on_all_and_the_group_resumes(imdb_archive, 
     again = Group(model_dir, flags, attempt=2)
     assert again.wait() == [0, 0], again.tail(0) + again.tail(1)
     resumed = [line for line in again.logs[0].read_text().splitlines() if "resuming from" in line]
-    assert len(resumed) == 1 and resumed[0].endswith(f"epoch 1 done, step {step}"), resumed
+    # The handler polls for the signal once a second: the save may land in epoch 2 or 3.
+    assert len(resumed) == 1 and resumed[0].endswith(f" done, step {step}"), resumed
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert (metrics["epochs_completed"], metrics["train_steps"]) == (3, 108)
 
