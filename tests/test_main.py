@@ -56,9 +56,14 @@ def test_smoke_run_trains_above_chance_and_writes_its_record(run_trainer, imdb_a
     assert "epoch 1/3 | step 20/" in process.stderr
     assert "LSTM is cuDNN-eligible" in process.stderr
 
+    # The same command again finds the run finished: exit 0, nothing trained or rewritten.
+    written = (model_dir / "metrics.json").stat().st_mtime_ns
     again = run_trainer("--smoke_test", f"--data_path={imdb_archive}",
                         f"--model_dir={model_dir}")
-    assert_one_line_error(again, "--model_dir", "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds a finished run" in again.stderr and "--overwrite" in again.stderr
+    assert "epoch 1/3" not in again.stderr
+    assert (model_dir / "metrics.json").stat().st_mtime_ns == written
 
 
 def test_missing_data_path(run_trainer, tmp_path):

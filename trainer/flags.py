@@ -125,7 +125,8 @@ flags.DEFINE_string(
     "START,STOP: record a TensorBoard profiler trace of these training steps (e.g. 10,15); "
     "empty = no profiling.")
 flags.DEFINE_bool("overwrite", _D.overwrite,
-                  "Start over in a --model_dir that holds a finished run, instead of stopping.")
+                  "Start over in a --model_dir that holds a finished run, deleting its "
+                  "checkpoints, instead of reporting it finished.")
 flags.DEFINE_bool(
     "article_settings", _D.article_settings,
     "The article's exact data settings: every review pre-padded and pre-truncated to "

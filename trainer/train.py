@@ -30,7 +30,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       config: the run's settings.
 
     Returns:
-      The metrics also written to ``<model_dir>/metrics.json``.
+      The metrics also written to ``<model_dir>/metrics.json`` (read from there when
+      ``model_dir`` holds a finished run and --overwrite is not given).
 
     Raises:
       UserError: bad input (flags, data, TF_CONFIG), with a one-line message.
@@ -50,8 +51,14 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     chief = distribute.is_chief(strategy)
     metrics_path = f"{config.model_dir}/{METRICS_FILE}"
     if tf.io.gfile.exists(metrics_path) and not config.overwrite:
-        raise UserError(f"--model_dir={config.model_dir} holds a finished run ({metrics_path}); "
-                        "pass --overwrite to train it again, or pick a new --model_dir.")
+        # Done already, e.g. killed after writing its outputs: the same command succeeds
+        # again, so a supervisor that restarts it sees the run as finished.
+        with tf.io.gfile.GFile(metrics_path) as f:
+            metrics = json.load(f)
+        logging.warning("%s holds a finished run (test accuracy %.4f): not training it again; "
+                        "pass --overwrite to start over, or pick a new --model_dir.",
+                        metrics_path, metrics.get("test_accuracy", float("nan")))
+        return metrics
     logging.info("strategy %s with %d replica(s); precision %s; model_dir %s",
                  distribute.strategy_name(strategy), replicas, precision, config.model_dir)
 
