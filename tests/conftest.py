@@ -84,18 +84,24 @@ def tiny_archive(tmp_path: Path) -> Path:
     return write_archive(tmp_path / "aclImdb_v1.tar.gz", aclimdb_files(unsup=True))
 
 
+def trainer_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a trainer subprocess, plus ``extra``.
+
+    A cluster or Vertex AI setting leaking in from the caller would change the run.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("AIP_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
 @pytest.fixture(scope="session")
 def run_trainer() -> Callable[..., subprocess.CompletedProcess]:
     """Runs ``python -m trainer.main *flags`` in a subprocess; returns the finished process."""
 
     def run(*flags: str, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-        # A cluster or Vertex AI setting leaking in from the caller would change the run.
-        full_env = {k: v for k, v in os.environ.items()
-                    if k != "TF_CONFIG" and not k.startswith("AIP_")}
-        full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
         return subprocess.run([sys.executable, "-m", "trainer.main", *flags], cwd=REPO,
-                              env=full_env, capture_output=True, text=True, timeout=timeout)
+                              env=trainer_env(**(env or {})), capture_output=True, text=True,
+                              timeout=timeout)
 
     return run
 

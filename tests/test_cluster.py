@@ -7,7 +7,6 @@ two workers are two local processes with TF_CONFIG on free loopback ports.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, trainer_env
 
 # 576 training reviews (64 held out) of at most 64 tokens: 36 steps per epoch at batch 16.
 SMALL = ["--max_train_examples=640", "--max_test_examples=320", "--max_len=64",
@@ -41,10 +40,9 @@ class Group:
         self.processes: list[subprocess.Popen] = []
         self.tmp_dirs: list[Path] = []  # Each worker's TMPDIR.
         for i in (range(num_workers) if start is None else start):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AIP_")}
             self.tmp_dirs.append(model_dir.parent / f"{model_dir.name}-tmp{i}")
             self.tmp_dirs[-1].mkdir(exist_ok=True)
-            env.update(PYTHONUNBUFFERED="1", TMPDIR=str(self.tmp_dirs[-1]), TF_CONFIG=json.dumps(
+            env = trainer_env(TMPDIR=str(self.tmp_dirs[-1]), TF_CONFIG=json.dumps(
                 {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}))
             with self.logs[i].open("w") as log:
                 self.processes.append(subprocess.Popen(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import random
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.conftest import aclimdb_files, write_tree
+from tests.conftest import REPO, aclimdb_files, trainer_env, write_tree
 
 REQUIRED_METRICS = {
     "test_accuracy", "test_loss", "epochs_completed", "train_steps", "train_examples_per_sec",
@@ -125,18 +128,11 @@ def test_tiny_run_on_an_unpacked_folder(run_trainer, tiny_aclimdb, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes(imdb_archive, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     model_dir = tmp_path / "preempted"
     command = [sys.executable, "-m", "trainer.main", "--smoke_test", "--epochs=2",
                f"--data_path={imdb_archive}", f"--model_dir={model_dir}",
                "--log_every_steps=5"]
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env = trainer_env()
     process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:  # Wait until training is under way in epoch 2.
@@ -164,12 +160,6 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes(imdb_archive,
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_the_same_command_finishes_like_no_kill(
         run_trainer, imdb_archive, tmp_path):
-    import random
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     # 900 training reviews (100 held out) at batch 16: 56 steps per epoch, 168 in all.
     flags = [f"--data_path={imdb_archive}", "--max_train_examples=1000",
              "--max_test_examples=400", "--max_len=64", "--batch_size=16", "--epochs=3",
@@ -183,7 +173,7 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_like_no_kill(
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     command = [sys.executable, "-m", "trainer.main", *flags, f"--model_dir={tmp_path / 'run'}"]
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("AIP_")}
+    env = trainer_env()
     attempts = []
     for attempt in range(6):
         log = tmp_path / f"attempt-{attempt}.log"

@@ -129,8 +129,7 @@ def choose(config: Config, tf_config: dict[str, Any] | None, num_gpus: int) -> s
     """
     if config.strategy != "auto":
         return config.strategy
-    num_tasks = sum(len(tasks) for tasks in tf_config["cluster"].values()) if tf_config else 0
-    if num_tasks > 1:
+    if tf_config and _num_tasks(tf_config["cluster"]) > 1:
         return "multi_worker"
     if num_gpus > 1 or (not num_gpus and config.cpu_replicas > 1):
         return "mirrored"
@@ -147,7 +146,7 @@ def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> Non
     TensorFlow has no public API for these settings.
     """
     cluster = tf_config["cluster"]
-    leader = "/job:chief/replica:0/task:0" if "chief" in cluster else "/job:worker/replica:0/task:0"
+    leader = f"/job:{_leader_job(cluster)}/replica:0/task:0"
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=leader,
         cluster_register_timeout_in_ms=timeout_secs * 1000,
@@ -161,7 +160,17 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
         return 1
-    return max(1, sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()))
+    return max(1, _num_tasks(resolver.cluster_spec().as_dict()))
+
+
+def _num_tasks(cluster: dict[str, Any]) -> int:
+    """Processes a TF_CONFIG-style cluster names, over all its jobs."""
+    return sum(len(tasks) for tasks in cluster.values())
+
+
+def _leader_job(cluster: dict[str, Any]) -> str:
+    """The job whose task 0 leads coordination: the chief if there is one, else worker 0."""
+    return "chief" if "chief" in cluster else "worker"
 
 
 @contextlib.contextmanager
@@ -208,9 +217,10 @@ def _missing(error: tf.errors.OpError, tf_config: dict[str, Any] | None) -> str:
         tasks.append(f"{task[1]} {task[2]}")
     if tasks:
         return "no word from " + ", ".join(dict.fromkeys(tasks))
-    leader = ("chief", 0) if tf_config and "chief" in tf_config["cluster"] else ("worker", 0)
-    address = tf_config["cluster"][leader[0]][0] if tf_config else "?"
-    return f"no answer from {leader[0]} {leader[1]} at {address}, which leads the cluster"
+    if not tf_config:
+        return "no answer from the cluster's leader"
+    job = _leader_job(tf_config["cluster"])
+    return f"no answer from {job} 0 at {tf_config['cluster'][job][0]}, which leads the cluster"
 
 
 def _configure_gpus(config: Config) -> int:
