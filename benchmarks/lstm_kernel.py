@@ -1,5 +1,8 @@
 """The LSTM layer alone, forward and backward: Keras' LSTM against ``trainer.lstm.LeanLSTM``.
 
+LeanLSTM runs twice: as one recurrence over the batch (``chains=1``) and as
+two over its halves (``chains=2``, its default on 2 cores).
+
 Run from the repository's root (about 2 minutes on 2 CPU cores)::
 
     python -m benchmarks.lstm_kernel
@@ -56,11 +59,12 @@ def training_step(layer: keras.layers.Layer) -> Callable[..., tf.Tensor]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rng = np.random.default_rng(0)
-    keras_lstm, lean_lstm = keras.layers.LSTM(UNITS), LeanLSTM(UNITS)
-    for layer in (keras_lstm, lean_lstm):
+    layers = {"keras": keras.layers.LSTM(UNITS),
+              **{f"lean_{n}_chain{'s' * (n > 1)}": LeanLSTM(UNITS, chains=n) for n in (1, 2)}}
+    for layer in layers.values():
         layer.build((None, None, FEATURES))
-    lean_lstm.set_weights(keras_lstm.get_weights())
-    steps = {"keras": training_step(keras_lstm), "lean": training_step(lean_lstm)}
+        layer.set_weights(layers["keras"].get_weights())
+    steps = {name: training_step(layer) for name, layer in layers.items()}
     lengths = rng.integers(150, 218, size=BATCH)  # Like a bucket of IMDB reviews.
     shapes = {
         "article_500_steps_no_mask": (500, None),
@@ -84,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
         result[shape_name] = {
             **{f"{name}_examples_per_sec": round(statistics.median(r), 1)
                for name, r in rates.items()},
-            "lean_vs_keras": round(statistics.median(
-                lean / base for lean, base in zip(rates["lean"], rates["keras"], strict=True)), 3),
+            **{f"{name}_vs_keras": round(statistics.median(
+                rate / base for rate, base in zip(rates[name], rates["keras"], strict=True)), 3)
+               for name in rates if name != "keras"},
         }
     print(json.dumps(result, indent=2))
     return result

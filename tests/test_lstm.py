@@ -114,3 +114,18 @@ def test_mixed_precision_trains_and_bfloat16_falls_back_to_keras(policy, lean):
                    for g in grads)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("chains", [1, 2, 3])
+def test_splitting_the_batch_into_chains_changes_nothing(chains, batch):
+    inputs = np.random.default_rng(3).normal(size=(batch, STEPS, FEATURES)).astype(np.float32)
+    reference, _ = twin_layers()
+    lean = LeanLSTM(UNITS, chains=chains)
+    lean.build((None, None, FEATURES))
+    lean.set_weights(reference.get_weights())
+    mask = padding_mask("post")[:batch]
+    expected = output_and_gradients(reference, inputs, mask, training=True)
+    actual = output_and_gradients(lean, inputs, mask, training=True)
+    for want, got in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -21,6 +21,11 @@ GPU) and replaces only the CPU recurrence:
   over all timesteps (the input kernel's and the bias's follow from the
   projection's matmul, also over all timesteps).
 
+- the batch's rows are split into ``chains`` independent recurrences (one
+  per core, at most ``MAX_CHAINS``) that TensorFlow runs at the same time:
+  one recurrence is a strictly serial chain of small ops that keeps one core
+  busy.
+
 Whether that is faster here is measured, not assumed: ``python -m
 benchmarks.lstm_kernel`` and ``python -m benchmarks.throughput`` race it
 against Keras' LSTM (see ``benchmarks/README.md``).
@@ -31,6 +36,7 @@ of the last unmasked step, as Keras does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import keras
@@ -38,6 +44,9 @@ import tensorflow as tf
 
 # What the fused gradient op (LSTMBlockCellGrad) reads of each forward step, besides cs.
 SAVED_FOR_GRADIENT = ("i", "f", "o", "ci", "co")
+
+# Default cap on LeanLSTM's chains: measured on 2 cores only (benchmarks/README.md).
+MAX_CHAINS = 2
 
 
 @keras.saving.register_keras_serializable(package="trainer")
@@ -47,7 +56,28 @@ class LeanLSTM(keras.layers.LSTM):
     Same constructor, weights (``kernel``, ``recurrent_kernel``, ``bias``, gate
     order i, f, c, o) and outputs. It falls back to Keras' own code (cuDNN on a
     GPU) whenever the lean loop does not apply: see ``runs_lean``.
+
+    Args:
+      units: as for ``keras.layers.LSTM``.
+      chains: independent recurrences the batch's rows are split into, so that
+        several CPU cores each run one; None means one per core, at most
+        ``MAX_CHAINS``. It changes speed only, never a result.
+      **kwargs: as for ``keras.layers.LSTM``.
     """
+
+    def __init__(self, units: int, chains: int | None = None, **kwargs: object) -> None:
+        super().__init__(units, **kwargs)
+        self.chains = chains
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "chains": self.chains}
+
+    @property
+    def chains_used(self) -> int:
+        """The number of recurrences ``call`` runs side by side on a CPU."""
+        if self.chains:
+            return self.chains
+        return max(1, min(MAX_CHAINS, len(os.sched_getaffinity(0))))
 
     def runs_lean(self, training: bool = False) -> bool:
         """Whether ``call`` uses the lean CPU loop rather than Keras' own.
@@ -83,13 +113,14 @@ class LeanLSTM(keras.layers.LSTM):
             sequences, initial_state[0], initial_state[1], mask,
             kernel=keras.ops.cast(self.cell.kernel, dtype),
             recurrent_kernel=keras.ops.cast(self.cell.recurrent_kernel, dtype),
-            bias=keras.ops.cast(self.cell.bias, dtype), training=training)
+            bias=keras.ops.cast(self.cell.bias, dtype), training=training,
+            chains=self.chains_used)
         return h, h[:, None, :], [h, c]
 
 
 def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Tensor | None,
                     kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias: tf.Tensor,
-                    training: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+                    training: bool = True, chains: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
     """Runs an LSTM (Keras' gate order i, f, c, o) over ``inputs``; returns the last state.
 
     Args:
@@ -103,6 +134,8 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
       training: run the hand-written gradient, which keeps every step's gates;
         False runs the forward loop alone (TensorFlow can still differentiate it,
         slowly), which is also what a SavedModel can serialize.
+      chains: independent recurrences over contiguous parts of the batch, which
+        TensorFlow runs at the same time (the rows of a batch never interact).
 
     Returns:
       ``(h, c)`` after the last step (after the last unmasked step of each row).
@@ -116,10 +149,35 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
         tf.nn.bias_add(tf.matmul(tf.reshape(time_major, [steps * batch, -1]), kernel), bias),
         [steps, batch, 4 * recurrent_kernel.shape[0]])
     keep = None if mask is None else tf.transpose(mask)[:, :, None]  # [time, batch, 1] bool.
-    if not training:
-        h, c, _ = _forward(projected, recurrent_kernel, h0, c0, keep, save=False)
-        return h, c
-    return _recurrence_with_gradient(keep)(projected, recurrent_kernel, h0, c0)
+    states = []
+    for chain in _split_rows(chains, batch, projected=projected, h0=h0, c0=c0, keep=keep):
+        if training:
+            run = _recurrence_with_gradient(chain["keep"])
+            states.append(run(chain["projected"], recurrent_kernel, chain["h0"], chain["c0"]))
+        else:
+            h, c, _ = _forward(chain["projected"], recurrent_kernel, chain["h0"], chain["c0"],
+                               chain["keep"], save=False)
+            states.append((h, c))
+    if len(states) == 1:
+        return states[0]
+    return tf.concat([h for h, _ in states], 0), tf.concat([c for _, c in states], 0)
+
+
+def _split_rows(chains: int, batch: tf.Tensor,
+                **tensors: tf.Tensor | None) -> list[dict[str, tf.Tensor | None]]:
+    """Splits each tensor's batch rows into ``chains`` near-equal, contiguous parts.
+
+    ``projected`` and ``keep`` are time-major (rows on axis 1), the states are
+    not; None stays None. With one chain, returns the tensors as they are.
+    """
+    if chains == 1:
+        return [tensors]
+    base, extra = batch // chains, batch % chains
+    sizes = base + tf.cast(tf.range(chains) < extra, batch.dtype)
+    parts = {name: [None] * chains if tensor is None else
+             tf.split(tensor, sizes, axis=1 if name in ("projected", "keep") else 0, num=chains)
+             for name, tensor in tensors.items()}
+    return [{name: parts[name][index] for name in tensors} for index in range(chains)]
 
 
 def _keras_to_icfo(weights: tf.Tensor) -> tf.Tensor:
