@@ -175,13 +175,17 @@ def test_fast_settings_bucket_and_keep_the_lstm_cudnn_eligible(monkeypatch):
                for reason in model.cudnn_blockers(model.build(with_pre), with_pre))
 
 
-def test_the_articles_settings_are_the_default_and_one_flag_away(monkeypatch):
+def test_the_fast_settings_are_the_default_and_the_articles_one_flag_away(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    default = Config()
-    assert (default.padding, default.bucket_by_length, default.uses_mask) == ("pre", False, False)
+    default = parse("--model_dir=/tmp/x")
+    assert (default.padding, default.bucket_by_length, default.uses_mask) == ("post", True, True)
+    assert default.clip_norm == 0.25 and default.dense_embedding_gradient
+    assert parse("--fast_settings", "--model_dir=/tmp/x") == default.replace(fast_settings=True)
     article = parse("--article_settings", "--model_dir=/tmp/x")
     assert (article.padding, article.max_len, article.batch_size) == ("pre", 500, 64)
-    assert not article.bucket_by_length and not article.uses_mask
+    assert not article.bucket_by_length and not article.uses_mask and article.clip_norm == 0
+    assert not article.dense_embedding_gradient
+    assert parse("--article_settings", "--clip_norm=1", "--model_dir=/tmp/x").clip_norm == 1
     assert parse("--fast_settings", "--padding=pre", "--model_dir=/tmp/x").padding == "pre"
     both = parse("--fast_settings", "--smoke_test", "--model_dir=/tmp/x")
     assert both.bucket_by_length and both.max_len == flags.SMOKE_TEST_PRESET["max_len"]
@@ -196,14 +200,17 @@ def test_the_mask_follows_from_the_settings_without_changing_them():
     assert config.uses_mask and not config.mask_padding  # Derived, not written back.
 
 
-def test_several_replicas_run_bucketed_batches_one_step_per_call():
-    # A collective inside one tf.function loop keeps its first shape; bucketed widths change.
+def test_several_replicas_run_bucketed_batches_one_step_per_call_if_the_gradient_is_sparse():
+    # A collective inside one tf.function loop keeps its first shape; bucketed widths change
+    # the shape of a sparse embedding gradient, never that of a dense one.
     config = Config(bucket_by_length=True, steps_per_loop=20, vocab_size=50, embedding_dim=4,
-                    lstm_units=3)
+                    lstm_units=3, dense_embedding_gradient=False)
     trainer = loop.Loop(config, tf.distribute.get_strategy(), model.build(config),
                         model.make_optimizer(config), 8)
     assert trainer.steps_per_call == 20
     trainer.strategy = types.SimpleNamespace(num_replicas_in_sync=2)
     assert trainer.steps_per_call == 1
     trainer.config = config.replace(bucket_by_length=False)
+    assert trainer.steps_per_call == 20
+    trainer.config = config.replace(dense_embedding_gradient=True)
     assert trainer.steps_per_call == 20

@@ -39,6 +39,7 @@ def test_defaults_are_the_articles_model():
     ({"validation_split": 1.0}, "--validation_split=1.0"),
     ({"max_train_examples": -5}, "--max_train_examples=-5"),
     ({"learning_rate": 0.0}, "--learning_rate=0.0"),
+    ({"clip_norm": -1.0}, "--clip_norm=-1.0"),
     ({"profile_steps": "5"}, "--profile_steps='5'"),
     ({"profile_steps": "9,3"}, "--profile_steps='9,3'"),
 ])

@@ -125,11 +125,11 @@ class Loop:
         gradient is all-gathered, and inside one ``tf.function`` loop that
         collective keeps the shape of its first iteration ("Shape mismatch in
         the collective instance"), while length-bucketed batches change width
-        every step. Keras' Adam must get the sparse gradient as it is (it
-        squares the slices before summing repeated tokens), so it cannot be
-        made dense instead.
+        every step. With ``dense_embedding_gradient`` the gradient is dense,
+        all-reduced at a fixed shape, and the restriction goes away.
         """
-        if self.config.bucket_by_length and self.strategy.num_replicas_in_sync > 1:
+        if (self.config.bucket_by_length and self.strategy.num_replicas_in_sync > 1
+                and not self.config.dense_embedding_gradient):
             return 1
         return self.config.steps_per_loop
 
@@ -149,7 +149,8 @@ class Loop:
 
     def _make_train_steps(self) -> Callable[[Any, tf.Tensor], tf.Tensor]:
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        global_batch_size = self.global_batch_size
+        global_batch_size, clip_norm = self.global_batch_size, self.config.clip_norm
+        dense_embedding_gradient = self.config.dense_embedding_gradient
 
         def replica_step(ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
@@ -160,6 +161,15 @@ class Loop:
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
                 scaled_loss = optimizer.scale_loss(loss)  # Loss scaling under mixed_float16.
             gradients = tape.gradient(scaled_loss, model.trainable_variables)
+            if dense_embedding_gradient:
+                # Repeated tokens' slices summed: Adam then squares the token's gradient,
+                # not each occurrence's slice (which understates frequent tokens' second
+                # moment and so overstates their steps).
+                gradients = [tf.convert_to_tensor(g) for g in gradients]
+            if clip_norm:
+                gradients = clip_by_global_norm(gradients, clip_norm,
+                                                scale=optimizer.scale_loss(1.0),
+                                                replicas=strategy.num_replicas_in_sync)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return _sums(per_example, probs, labels)
 
@@ -315,6 +325,44 @@ class Loop:
     def _should_stop(self) -> bool:
         patience = self.config.early_stopping_patience
         return bool(patience) and int(self.bad_epochs) >= patience
+
+
+def clip_by_global_norm(gradients: list[tf.Tensor | tf.IndexedSlices], clip_norm: float, *,
+                        scale: tf.Tensor | float = 1.0,
+                        replicas: int = 1) -> list[tf.Tensor | tf.IndexedSlices]:
+    """Scales a replica's gradients so that the whole step's gradient has norm <= clip_norm.
+
+    Keras' ``global_clipnorm`` clips each replica's share before the replicas'
+    gradients are summed, which changes the answer with the number of replicas.
+    Here the norm is that of the summed gradient (one extra all-reduce with
+    several replicas), and every replica scales its share by the same factor,
+    so one device, mirrored replicas and several workers take the same step.
+
+    Args:
+      gradients: this replica's gradients; the embedding's are IndexedSlices,
+        whose repeated tokens are summed before the norm is taken.
+      clip_norm: the largest norm let through.
+      scale: the loss scale the gradients carry (mixed_float16), divided out of
+        the norm.
+      replicas: replicas in sync; above 1, call in a replica context.
+
+    Returns:
+      The gradients, scaled by ``min(1, clip_norm / norm)``. A non-finite norm
+      leaves them as they are, so that loss scaling still sees the overflow.
+    """
+    dense = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in gradients]
+    if replicas > 1:
+        dense = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, dense)
+    norm = tf.linalg.global_norm(dense) / tf.cast(scale, tf.float32)
+    factor = tf.where(tf.math.is_finite(norm) & (norm > clip_norm), clip_norm / norm, 1.0)
+
+    def scaled(gradient: tf.Tensor | tf.IndexedSlices) -> tf.Tensor | tf.IndexedSlices:
+        if isinstance(gradient, tf.IndexedSlices):
+            return tf.IndexedSlices(gradient.values * tf.cast(factor, gradient.values.dtype),
+                                    gradient.indices, gradient.dense_shape)
+        return gradient * tf.cast(factor, gradient.dtype)
+
+    return [scaled(g) for g in gradients]
 
 
 def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
