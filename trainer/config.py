@@ -25,11 +25,10 @@ class Config:
     The defaults are the article's model and recipe (Adam 1e-3, batch 64, 500
     tokens) trained the fast way: reviews grouped by length, right-padded and
     masked, the gradient's norm clipped at 0.25 and the embedding's gradient
-    handed to Adam dense, which in ``benchmarks/``
-    trained about twice the examples/s and reached the article's test accuracy
-    in fewer epochs. ``--article_settings`` restores the article's exact data
-    settings (pre-padding to 500, no mask, no clipping, sparse embedding
-    gradient). See
+    handed to Adam dense. In ``benchmarks/`` that trained about twice the
+    article's examples/s and reached its test accuracy in fewer epochs.
+    ``--article_settings`` restores the article's exact recipe (pre-padding to
+    500, no mask, no clipping, sparse embedding gradient). See
     ``trainer/flags.py`` for what each field means.
     """
 

@@ -139,15 +139,14 @@ flags.DEFINE_bool(
     "article_settings", _D.article_settings,
     "The article's exact recipe: every review pre-padded and pre-truncated to --max_len=500, "
     "no mask, no length bucketing, no gradient clipping, Adam 1e-3 on the sparse embedding "
-    "gradient as model.fit gives it, batch 64. About half the "
-    "defaults' speed on a CPU. Flags given explicitly still win over the preset.")
+    "gradient as model.fit gives it, batch 64. About half the defaults' speed on a CPU. "
+    "Flags given explicitly still win over the preset.")
 flags.DEFINE_bool(
     "fast_settings", _D.fast_settings,
-    "Pin today's defaults: length bucketing with right padding and a mask, and "
-    "--clip_norm=0.25 and --dense_embedding_gradient (--bucket_by_length --padding=post). "
-    "About 2x the article's training "
-    "examples/s on 2 CPU cores with the LSTM still cuDNN-eligible. Flags given explicitly "
-    "still win over the preset.")
+    "Pin today's defaults: length bucketing with right padding and a mask "
+    "(--bucket_by_length --padding=post), --clip_norm=0.25 and --dense_embedding_gradient. "
+    "About 2x the article's training examples/s on 2 CPU cores, with the LSTM still "
+    "cuDNN-eligible. Flags given explicitly still win over the preset.")
 flags.DEFINE_bool(
     "smoke_test", _D.smoke_test,
     "Prove the whole path in about a minute on 2 CPU cores: a few thousand reviews, short "
@@ -178,7 +177,7 @@ ARTICLE_PRESET = {
 
 # The defaults, pinned: length bucketing, right-padded (cuDNN-eligible with the mask
 # bucketing implies), and the gradient clipped: without clipping, length-grouped batches
-# trained unstably (test accuracy dips of up to 0.08 between epochs in benchmarks/).
+# trained unstably (test accuracy dips of 0.05-0.3 between epochs in benchmarks/).
 FAST_PRESET = {
     "bucket_by_length": True,
     "padding": "post",
