@@ -59,8 +59,8 @@ def training_step(layer: keras.layers.Layer) -> Callable[..., tf.Tensor]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rng = np.random.default_rng(0)
-    layers = {"keras": keras.layers.LSTM(UNITS),
-              **{f"lean_{n}_chain{'s' * (n > 1)}": LeanLSTM(UNITS, chains=n) for n in (1, 2)}}
+    layers = {"keras": keras.layers.LSTM(UNITS), "lean_1_chain": LeanLSTM(UNITS, chains=1),
+              "lean_2_chains": LeanLSTM(UNITS, chains=2)}
     for layer in layers.values():
         layer.build((None, None, FEATURES))
         layer.set_weights(layers["keras"].get_weights())

@@ -22,8 +22,8 @@ def build(config: Config, *, lean_lstm: bool = False) -> keras.Model:
       lean_lstm: build ``trainer.lstm.LeanLSTM`` (same weights, same function,
         cuDNN on a GPU, a hand-written CPU recurrence) instead of
         ``keras.layers.LSTM``. Off: on this 2-core CPU it was not reliably
-        faster (0.8-1.3x in ``benchmarks/``, 1.1x with two chains
-        today); the benchmarks race the two.
+        faster (0.8-1.3x in ``benchmarks/``; 1.1x with two chains in the
+        latest run); the benchmarks race the two.
 
     Returns:
       An unbuilt-optimizer Keras model whose output is P(positive), float32.
