@@ -5,8 +5,9 @@
   "binary_crossentropy", ["accuracy"])``, ``model.fit(x, y, batch_size=64)``.
 - ``harness_article``: the harness's pipeline and loop under ``--article_settings``
   (pre-padding to 500, no mask, batch 64).
-- ``harness_fast``: the harness under ``--fast_settings`` (length bucketing, right
-  padding, mask) with ``--steps_per_loop=20``.
+- ``harness_fast``: the harness under ``--fast_settings`` (today's defaults: length
+  bucketing, right padding, mask, clipping, a dense embedding gradient, LeanLSTM)
+  with ``--steps_per_loop=20``.
 
 Both harness contenders run ``trainer.data.batches`` and ``Loop.train_steps``,
 the path ``Loop.fit`` takes. Reading the archive and vectorizing happen once,
@@ -148,17 +149,15 @@ def harness_config(name: str, seed: int, **changes: object) -> Config:
 class Harness:
     """The harness's pipeline and compiled loop under one Config."""
 
-    def __init__(self, name: str, reviews: Reviews, config: Config,
-                 lean_lstm: bool = False) -> None:
+    def __init__(self, name: str, reviews: Reviews, config: Config) -> None:
         self.name = name
-        self.lean_lstm = lean_lstm
         self.config = config
         self.strategy = tf.distribute.get_strategy()  # What --strategy=auto picks on a CPU.
         self.train = data.encode(reviews.splits.train, reviews.vectorizer, config)
         self.test = data.encode(reviews.splits.test, reviews.vectorizer, config)
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            net = model.build(config, lean_lstm=lean_lstm)
+            net = model.build(config)
             optimizer = model.make_optimizer(config)
         self.loop = loop.Loop(config, self.strategy, net, optimizer, config.batch_size)
         self.epochs_done = 0
@@ -203,8 +202,8 @@ def make(name: str, reviews: Reviews, seed: int, **changes: object) -> ArticleCo
     """Builds the contender called ``name``: one of ``NAMES``, or a harness variant.
 
     A variant is ``harness_fast:bucket_window_batches=10`` (any Config fields,
-    joined with ``+``; values are Python literals), and ``lean_lstm=True``
-    builds ``trainer.lstm.LeanLSTM`` instead of Keras' own LSTM.
+    joined with ``+``; values are Python literals), e.g. ``lean_lstm=False``
+    for Keras' own LSTM instead of ``trainer.lstm.LeanLSTM``.
 
     Args:
       name: the contender, or ``base:field=value+field=value``.
@@ -220,8 +219,7 @@ def make(name: str, reviews: Reviews, seed: int, **changes: object) -> ArticleCo
                          "such as harness_fast:bucket_window_batches=10.")
     variant = {key: ast.literal_eval(value)
                for key, value in (item.split("=", 1) for item in spec.split("+") if item)}
-    lean_lstm = variant.pop("lean_lstm", False)
-    return Harness(name, reviews, harness_config(base, seed, **{**changes, **variant}), lean_lstm)
+    return Harness(name, reviews, harness_config(base, seed, **{**changes, **variant}))
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:

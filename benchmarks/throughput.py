@@ -138,7 +138,7 @@ def _settings(racer: contenders.ArticleCode | contenders.Harness) -> dict:
             "bucket_by_length": config.bucket_by_length,
             "bucket_window_batches": config.bucket_window_batches,
             "batch_size": config.batch_size, "steps_per_loop": config.steps_per_loop,
-            "lstm": "trainer.lstm.LeanLSTM" if racer.lean_lstm else "keras.layers.LSTM",
+            "lstm": "trainer.lstm.LeanLSTM" if config.lean_lstm else "keras.layers.LSTM",
             "loop": "trainer.loop.Loop.train_steps"}
 
 

@@ -81,16 +81,19 @@ def test_settings_the_lean_loop_lacks_fall_back_to_keras():
     np.testing.assert_allclose(lean(inputs), reference(inputs), atol=1e-6)
 
 
-def test_the_model_keeps_keras_weight_names_and_shapes():
-    lstm = model.build(Config(), lean_lstm=True).get_layer(model.LSTM_LAYER_NAME)
-    assert isinstance(lstm, LeanLSTM)
+def test_the_default_model_runs_lean_and_keeps_keras_weight_names_and_shapes():
+    lstm = model.build(Config()).get_layer(model.LSTM_LAYER_NAME)
+    assert isinstance(lstm, LeanLSTM) and lstm.runs_lean(training=True)
+    assert model.cpu_lstm_kernel(model.build(Config())).startswith("LeanLSTM")
+    keras_lstm = model.build(Config(lean_lstm=False)).get_layer(model.LSTM_LAYER_NAME)
+    assert type(keras_lstm) is keras.layers.LSTM
     assert {w.path.split("/")[-1]: tuple(w.shape) for w in lstm.weights} == {
         "kernel": (32, 400), "recurrent_kernel": (100, 400), "bias": (400,)}
 
 
 def test_model_keras_file_round_trip(tmp_path):
     config = Config(vocab_size=50, mask_padding=True, padding="post")
-    net = model.build(config, lean_lstm=True)
+    net = model.build(config)
     ids = np.array([[3, 4, 5, 0, 0], [7, 0, 0, 0, 0]], np.int32)
     path = tmp_path / "model.keras"
     net.save(path)
@@ -104,7 +107,7 @@ def test_mixed_precision_trains_and_bfloat16_falls_back_to_keras(policy, lean):
     try:
         keras.mixed_precision.set_global_policy(policy)
         config = Config(vocab_size=50, mask_padding=True, padding="post")
-        net = model.build(config, lean_lstm=True)
+        net = model.build(config)
         assert net.get_layer(model.LSTM_LAYER_NAME).runs_lean(training=True) == lean
         ids = np.array([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]], np.int32)
         with tf.GradientTape() as tape:

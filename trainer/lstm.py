@@ -11,7 +11,8 @@ so per-op overhead, not arithmetic, sets the speed.
 GPU) and replaces only the CPU recurrence:
 
 - the input projection ``x @ kernel + bias`` of all timesteps is one matmul,
-  before the loop;
+  before the loop (the bias rides in it as the weight of a constant input, so
+  its gradient needs no separate reduction);
 - each forward step does ``h @ recurrent_kernel``, the gate sigmoids and
   tanh, the cell update, and (in training only) keeps what the backward pass
   needs;
@@ -19,12 +20,16 @@ GPU) and replaces only the CPU recurrence:
   with one fused elementwise op (TensorFlow's ``LSTMBlockCellGrad``) and one
   small matmul per step, then the recurrent kernel's gradient as one matmul
   over all timesteps (the input kernel's and the bias's follow from the
-  projection's matmul, also over all timesteps).
-
+  projection's matmul, also over all timesteps);
 - the batch's rows are split into ``chains`` independent recurrences (one
   per core, at most ``MAX_CHAINS``) that TensorFlow runs at the same time:
   one recurrence is a strictly serial chain of small ops that keeps one core
-  busy.
+  busy;
+- a right-padded mask (the harness's ``--padding=post``, checked on every
+  batch) is not applied step by step: a row's output is read from the saved
+  states at its length, and its gradient is added into the backward loop
+  there (one add per step, where a mask costs six ops). Any other mask is
+  applied at every step.
 
 Whether that is faster here is measured, not assumed: ``python -m
 benchmarks.lstm_kernel`` and ``python -m benchmarks.throughput`` race it
@@ -142,40 +147,67 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
     """
     # TensorFlow's fused LSTMBlockCellGrad wants the gates in the order i, c, f, o.
     kernel, recurrent_kernel, bias = (_keras_to_icfo(w) for w in (kernel, recurrent_kernel, bias))
+    # The bias joins the kernel as the weights of one more input that is always 1, so
+    # that the input projection and its gradients (the bias's too) are one matmul each.
+    kernel = tf.concat([kernel, bias[None, :]], axis=0)
+    batch = tf.shape(inputs)[0]
+    lengths = None
+
+    def run(to_lengths: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        states = []
+        for chain in _split_rows(chains, batch, inputs=inputs, h0=h0, c0=c0, mask=mask,
+                                 lengths=lengths):
+            projected = _project(chain["inputs"], kernel)
+            state = (chain["h0"], chain["c0"])
+            if to_lengths:
+                run_chain = _recurrence_to_lengths(chain["lengths"])
+                states.append(run_chain(projected, recurrent_kernel, *state))
+                continue
+            # [time, rows, 1]: False where the step is padding, which carries the state.
+            keep = None if chain["mask"] is None else tf.transpose(chain["mask"])[:, :, None]
+            if training:
+                run_chain = _recurrence_with_gradient(keep)
+                states.append(run_chain(projected, recurrent_kernel, *state))
+            else:
+                h, c, _ = _forward(projected, recurrent_kernel, *state, keep, save=False)
+                states.append((h, c))
+        if len(states) == 1:
+            return states[0]
+        return tf.concat([h for h, _ in states], 0), tf.concat([c for _, c in states], 0)
+
+    if mask is None or not training:
+        return run(to_lengths=False)
+    # A right-padded mask (--padding=post) needs no check inside the loop: a step never
+    # changes the states before it, so a row's last state is the state after its last
+    # token, read from every step's saved states.
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
+    return tf.cond(right_padded, lambda: run(to_lengths=True), lambda: run(to_lengths=False))
+
+
+def _project(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """One matmul for every timestep's input projection: ``[time, rows, 4 * units]``.
+
+    ``inputs`` is ``[rows, time, features]``; ``kernel`` has the bias as its last row.
+    """
     time_major = tf.transpose(inputs, [1, 0, 2])
-    steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
-    # One matmul for the input projection of every timestep.
-    projected = tf.reshape(
-        tf.nn.bias_add(tf.matmul(tf.reshape(time_major, [steps * batch, -1]), kernel), bias),
-        [steps, batch, 4 * recurrent_kernel.shape[0]])
-    keep = None if mask is None else tf.transpose(mask)[:, :, None]  # [time, batch, 1] bool.
-    states = []
-    for chain in _split_rows(chains, batch, projected=projected, h0=h0, c0=c0, keep=keep):
-        if training:
-            run = _recurrence_with_gradient(chain["keep"])
-            states.append(run(chain["projected"], recurrent_kernel, chain["h0"], chain["c0"]))
-        else:
-            h, c, _ = _forward(chain["projected"], recurrent_kernel, chain["h0"], chain["c0"],
-                               chain["keep"], save=False)
-            states.append((h, c))
-    if len(states) == 1:
-        return states[0]
-    return tf.concat([h for h, _ in states], 0), tf.concat([c for _, c in states], 0)
+    steps, rows, features = tf.unstack(tf.shape(time_major))
+    flat = tf.reshape(time_major, [steps * rows, features])  # Not -1: rows may be 0.
+    flat = tf.concat([flat, tf.ones([steps * rows, 1], flat.dtype)], axis=1)
+    return tf.reshape(tf.matmul(flat, kernel), [steps, rows, kernel.shape[-1]])
 
 
 def _split_rows(chains: int, batch: tf.Tensor,
                 **tensors: tf.Tensor | None) -> list[dict[str, tf.Tensor | None]]:
-    """Splits each tensor's batch rows into ``chains`` near-equal, contiguous parts.
+    """Splits each tensor's rows (axis 0) into ``chains`` near-equal, contiguous parts.
 
-    ``projected`` and ``keep`` are time-major (rows on axis 1), the states are
-    not; None stays None. With one chain, returns the tensors as they are.
+    None stays None. With one chain, returns the tensors as they are.
     """
     if chains == 1:
         return [tensors]
     base, extra = batch // chains, batch % chains
     sizes = base + tf.cast(tf.range(chains) < extra, batch.dtype)
-    parts = {name: [None] * chains if tensor is None else
-             tf.split(tensor, sizes, axis=1 if name in ("projected", "keep") else 0, num=chains)
+    parts = {name: [None] * chains if tensor is None else tf.split(tensor, sizes, num=chains)
              for name, tensor in tensors.items()}
     return [{name: parts[name][index] for name in tensors} for index in range(chains)]
 
@@ -229,6 +261,67 @@ def _forward(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h0: tf.Tensor, c
     _, h, c, saved = tf.while_loop(lambda t, *_: t < steps, step,
                                    (tf.constant(0), h0, c0, saved), parallel_iterations=32)
     return h, c, saved
+
+
+def _recurrence_to_lengths(lengths: tf.Tensor) -> Callable:
+    """The recurrence with no mask, returning each row's state after ``lengths`` steps.
+
+    The same function as ``_recurrence_with_gradient`` with the right-padded
+    mask of these lengths, without the mask's ops inside the loops.
+    """
+
+    @tf.custom_gradient
+    def run(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h0: tf.Tensor,
+            c0: tf.Tensor) -> tuple:
+        units = recurrent_kernel.shape[0]
+        _, _, saved = _forward(projected, recurrent_kernel, h0, c0, None, save=True)
+        every_h = saved["h"].stack()  # [time + 1, rows, units]: h0, then after each step.
+        rows = tf.stack([lengths, tf.range(tf.shape(lengths)[0])], axis=1)
+        h = tf.gather_nd(every_h, rows)
+        c = tf.gather_nd(saved["cs"].stack(), rows)
+
+        def grad(dh: tf.Tensor | None, dc: tf.Tensor | None) -> tuple:
+            shape = tf.shape(every_h)
+            # Each row's output gradient enters the backward loop at its own last step.
+            dh_at = (tf.zeros(shape, projected.dtype) if dh is None
+                     else tf.scatter_nd(rows, dh, shape))
+            dc_at = None if dc is None else tf.scatter_nd(rows, dc, shape)
+            recurrent_kernel_t = tf.transpose(recurrent_kernel)
+            zeros = tf.zeros([4 * units], projected.dtype)
+            no_inputs = projected[0, :, :0]
+
+            def back_step(t: tf.Tensor, dh: tf.Tensor, dc: tf.Tensor,
+                          dzs: tf.TensorArray) -> tuple:
+                dh += dh_at[t + 1]
+                if dc_at is not None:
+                    dc += dc_at[t + 1]
+                dc_prev, dz, *_ = tf.raw_ops.LSTMBlockCellGrad(
+                    x=no_inputs, cs_prev=saved["cs"].read(t), h_prev=dh, w=recurrent_kernel,
+                    wci=zeros[:units], wcf=zeros[:units], wco=zeros[:units], b=zeros,
+                    cs=saved["cs"].read(t + 1),
+                    **{name: saved[name].read(t) for name in SAVED_FOR_GRADIENT},
+                    cs_grad=dc, h_grad=dh, use_peephole=False)
+                return t - 1, tf.matmul(dz, recurrent_kernel_t), dc_prev, dzs.write(t, dz)
+
+            steps = tf.shape(projected)[0]
+            zero_state = tf.zeros_like(h)
+            _, dh0, dc0, dzs = tf.while_loop(
+                lambda t, *_: t >= 0, back_step,
+                (steps - 1, zero_state, zero_state,
+                 tf.TensorArray(projected.dtype, size=steps)),
+                parallel_iterations=32)
+            dh0 += dh_at[0]
+            if dc_at is not None:
+                dc0 += dc_at[0]
+            dprojected = dzs.stack()
+            # The recurrent kernel's gradient over all timesteps at once: h_{t-1} x dz_t.
+            dkernel = tf.matmul(tf.reshape(every_h[:-1], [-1, units]),
+                                tf.reshape(dprojected, [-1, 4 * units]), transpose_a=True)
+            return dprojected, dkernel, dh0, dc0
+
+        return (h, c), grad
+
+    return run
 
 
 def _recurrence_with_gradient(keep: tf.Tensor | None) -> Callable:

@@ -10,7 +10,7 @@ from trainer.lstm import LeanLSTM
 LSTM_LAYER_NAME = "lstm"
 
 
-def build(config: Config, *, lean_lstm: bool = False) -> keras.Model:
+def build(config: Config) -> keras.Model:
     """``Embedding(vocab_size, 32) -> LSTM(100) -> Dense(1, sigmoid)``: 373,301 parameters.
 
     Call inside ``strategy.scope()`` with the dtype policy already set. The
@@ -18,12 +18,10 @@ def build(config: Config, *, lean_lstm: bool = False) -> keras.Model:
     width run through the same weights.
 
     Args:
-      config: vocab_size, embedding_dim, lstm_units, uses_mask.
-      lean_lstm: build ``trainer.lstm.LeanLSTM`` (same weights, same function,
-        cuDNN on a GPU, a hand-written CPU recurrence) instead of
-        ``keras.layers.LSTM``. Off: on this 2-core CPU it was not reliably
-        faster (0.8-1.3x in ``benchmarks/``; 1.1x with two chains in the
-        latest run); the benchmarks race the two.
+      config: vocab_size, embedding_dim, lstm_units, uses_mask, and
+        lean_lstm: ``trainer.lstm.LeanLSTM`` (Keras' LSTM with the same weights
+        and function, cuDNN on a GPU, a faster recurrence on a CPU) or
+        ``keras.layers.LSTM``.
 
     Returns:
       An unbuilt-optimizer Keras model whose output is P(positive), float32.
@@ -36,8 +34,8 @@ def build(config: Config, *, lean_lstm: bool = False) -> keras.Model:
             # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
             # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
             # LeanLSTM's CPU loop needs the same settings (LeanLSTM.runs_lean).
-            (LeanLSTM if lean_lstm else keras.layers.LSTM)(config.lstm_units,
-                                                           name=LSTM_LAYER_NAME),
+            (LeanLSTM if config.lean_lstm else keras.layers.LSTM)(config.lstm_units,
+                                                                  name=LSTM_LAYER_NAME),
             # Under mixed precision the sigmoid and the loss must stay float32.
             keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="positive"),
         ],
@@ -89,3 +87,11 @@ def cudnn_blockers(model: keras.Model, config: Config) -> list[str]:
         blockers.append(f"{reason} masks padding, and with --padding=pre the mask is not "
                         "right-padded as cuDNN needs; use --padding=post")
     return blockers
+
+
+def cpu_lstm_kernel(model: keras.Model) -> str:
+    """Which recurrence the LSTM runs without a GPU: ``LeanLSTM``'s or Keras' generic one."""
+    lstm = model.get_layer(LSTM_LAYER_NAME)
+    if isinstance(lstm, LeanLSTM) and lstm.runs_lean(training=True):
+        return f"LeanLSTM's loop ({lstm.chains_used} chain(s))"
+    return "Keras' generic loop"

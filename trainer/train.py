@@ -85,7 +85,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     logging.info("model: %d parameters; LSTM %s%s", net.count_params(),
                  "is cuDNN-eligible" if not blockers else
                  "is NOT cuDNN-eligible: " + "; ".join(blockers),
-                 "" if gpus else " (no GPU here, so it runs the generic kernel)")
+                 "" if gpus else f" (no GPU here: it runs {model.cpu_lstm_kernel(net)})")
 
     if config.overwrite and chief and tf.io.gfile.exists(config.checkpoint_dir):
         tf.io.gfile.rmtree(config.checkpoint_dir)  # Start over: no old state to resume.
@@ -124,6 +124,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         "precision": precision,
         "cudnn_eligible": not blockers,
         "cudnn_blockers": blockers,
+        "cpu_lstm_kernel": None if gpus else model.cpu_lstm_kernel(net),
         "gpus": gpus,
         "data": {"source": splits.source, "train": len(splits.train),
                  "validation": len(splits.validation), "test": len(splits.test)},
