@@ -52,7 +52,7 @@ flags.DEFINE_integer("lstm_units", _D.lstm_units, "LSTM units (the article: 100)
 flags.DEFINE_bool(
     "lean_lstm", _D.lean_lstm,
     "On a CPU, run the LSTM through trainer.lstm.LeanLSTM: Keras' layer, weights and function "
-    "(within 1e-5) with a faster recurrence (about 1.2x here). On a GPU it is Keras' LSTM "
+    "(within 1e-5) with a faster recurrence (1.2-1.4x in benchmarks/). On a GPU it is Keras' LSTM "
     "(cuDNN) either way. Off: keras.layers.LSTM everywhere, as the article.")
 flags.DEFINE_enum(
     "padding", _D.padding, config_lib.PADDINGS,
@@ -144,14 +144,13 @@ flags.DEFINE_bool(
     "article_settings", _D.article_settings,
     "The article's exact recipe: every review pre-padded and pre-truncated to --max_len=500, "
     "no mask, no length bucketing, no gradient clipping, Adam 1e-3 on the sparse embedding "
-    "gradient as model.fit gives it, Keras' own LSTM layer, batch 64. About half the defaults' "
-    "speed on a CPU. "
-    "Flags given explicitly still win over the preset.")
+    "gradient as model.fit gives it, Keras' own LSTM layer, batch 64. About a third of the "
+    "defaults' speed on a CPU. Flags given explicitly still win over the preset.")
 flags.DEFINE_bool(
     "fast_settings", _D.fast_settings,
     "Pin today's defaults: length bucketing with right padding and a mask "
     "(--bucket_by_length --padding=post), --clip_norm=0.25, --dense_embedding_gradient and "
-    "--lean_lstm. About 2.4x the article's training examples/s on 2 CPU cores, with the LSTM "
+    "--lean_lstm. About 2.4-2.8x the article's training examples/s on 2 CPU cores, with the LSTM "
     "still cuDNN-eligible. Flags given explicitly still win over the preset.")
 flags.DEFINE_bool(
     "smoke_test", _D.smoke_test,
