@@ -132,3 +132,29 @@ def test_splitting_the_batch_into_chains_changes_nothing(chains, batch):
     actual = output_and_gradients(lean, inputs, mask, training=True)
     for want, got in zip(expected, actual, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_returned_cell_state_and_its_gradient_equal_keras(padding):
+    inputs = tf.constant(
+        np.random.default_rng(4).normal(size=(BATCH, STEPS, FEATURES)).astype(np.float32))
+    mask = tf.constant(padding_mask(padding))
+    results = []
+    for layer in twin_layers(return_state=True):
+        assert not isinstance(layer, LeanLSTM) or layer.runs_lean(training=True)
+
+        @tf.function
+        def run(layer: keras.layers.Layer = layer) -> list[tf.Tensor]:
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                output, state_h, state_c = layer(inputs, mask=mask, training=True)
+                # The cell state weighs in, so its gradient must flow back through the loop.
+                loss = tf.reduce_sum(output * 0.5 + state_c * tf.linspace(-1.0, 2.0, UNITS))
+            return [output, state_h, state_c,
+                    *tape.gradient(loss, [inputs, *layer.trainable_weights])]
+
+        results.append([t.numpy() for t in run()])
+    names = ["output", "state h", "state c", "d inputs", "d kernel", "d recurrent_kernel",
+             "d bias"]
+    for name, want, got in zip(names, *results, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)

@@ -114,18 +114,21 @@ class LeanLSTM(keras.layers.LSTM):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         dtype = self.compute_dtype
+        # Keras reads the final states only to return them or to carry them (stateful).
+        cell_state = self.return_state or self.stateful
         h, c = lstm_last_state(
             sequences, initial_state[0], initial_state[1], mask,
             kernel=keras.ops.cast(self.cell.kernel, dtype),
             recurrent_kernel=keras.ops.cast(self.cell.recurrent_kernel, dtype),
             bias=keras.ops.cast(self.cell.bias, dtype), training=training,
-            chains=self.chains_used)
-        return h, h[:, None, :], [h, c]
+            chains=self.chains_used, cell_state=cell_state)
+        return h, h[:, None, :], [h, c if cell_state else tf.zeros_like(h)]
 
 
 def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Tensor | None,
                     kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias: tf.Tensor,
-                    training: bool = True, chains: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
+                    training: bool = True, chains: int = 1,
+                    cell_state: bool = True) -> tuple[tf.Tensor, tf.Tensor | None]:
     """Runs an LSTM (Keras' gate order i, f, c, o) over ``inputs``; returns the last state.
 
     Args:
@@ -141,9 +144,12 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
         slowly), which is also what a SavedModel can serialize.
       chains: independent recurrences over contiguous parts of the batch, which
         TensorFlow runs at the same time (the rows of a batch never interact).
+      cell_state: return ``c`` too. Without it no gradient for ``c`` is sent
+        back through the loop (a zero one costs two ops per backward step).
 
     Returns:
-      ``(h, c)`` after the last step (after the last unmasked step of each row).
+      ``(h, c)`` after the last step (after the last unmasked step of each
+      row); ``c`` is None without ``cell_state``.
     """
     # TensorFlow's fused LSTMBlockCellGrad wants the gates in the order i, c, f, o.
     kernel, recurrent_kernel, bias = (_keras_to_icfo(w) for w in (kernel, recurrent_kernel, bias))
@@ -159,30 +165,34 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
                                  lengths=lengths):
             projected = _project(chain["inputs"], kernel)
             state = (chain["h0"], chain["c0"])
-            if to_lengths:
-                run_chain = _recurrence_to_lengths(chain["lengths"])
-                states.append(run_chain(projected, recurrent_kernel, *state))
-                continue
-            # [time, rows, 1]: False where the step is padding, which carries the state.
-            keep = None if chain["mask"] is None else tf.transpose(chain["mask"])[:, :, None]
+            keep = None  # Else [time, rows, 1]: False on padding steps, which carry the state.
+            if chain["mask"] is not None and not to_lengths:
+                keep = tf.transpose(chain["mask"])[:, :, None]
             if training:
-                run_chain = _recurrence_with_gradient(keep)
-                states.append(run_chain(projected, recurrent_kernel, *state))
+                run_chain = _recurrence(keep, chain["lengths"] if to_lengths else None,
+                                        cell_state)
+                result = run_chain(projected, recurrent_kernel, *state)
+                states.append(result if cell_state else (result, None))
             else:
                 h, c, _ = _forward(projected, recurrent_kernel, *state, keep, save=False)
                 states.append((h, c))
-        if len(states) == 1:
-            return states[0]
-        return tf.concat([h for h, _ in states], 0), tf.concat([c for _, c in states], 0)
+        h = tf.concat([h for h, _ in states], 0) if len(states) > 1 else states[0][0]
+        if not cell_state:
+            return h
+        return h, tf.concat([c for _, c in states], 0) if len(states) > 1 else states[0][1]
+
+    def with_cell_state(result: tuple | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        return result if cell_state else (result, None)
 
     if mask is None or not training:
-        return run(to_lengths=False)
+        return with_cell_state(run(to_lengths=False))
     # A right-padded mask (--padding=post) needs no check inside the loop: a step never
     # changes the states before it, so a row's last state is the state after its last
     # token, read from every step's saved states.
     lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
     right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
-    return tf.cond(right_padded, lambda: run(to_lengths=True), lambda: run(to_lengths=False))
+    return with_cell_state(
+        tf.cond(right_padded, lambda: run(to_lengths=True), lambda: run(to_lengths=False)))
 
 
 def _project(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -263,71 +273,21 @@ def _forward(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h0: tf.Tensor, c
     return h, c, saved
 
 
-def _recurrence_to_lengths(lengths: tf.Tensor) -> Callable:
-    """The recurrence with no mask, returning each row's state after ``lengths`` steps.
-
-    The same function as ``_recurrence_with_gradient`` with the right-padded
-    mask of these lengths, without the mask's ops inside the loops.
-    """
-
-    @tf.custom_gradient
-    def run(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h0: tf.Tensor,
-            c0: tf.Tensor) -> tuple:
-        units = recurrent_kernel.shape[0]
-        _, _, saved = _forward(projected, recurrent_kernel, h0, c0, None, save=True)
-        every_h = saved["h"].stack()  # [time + 1, rows, units]: h0, then after each step.
-        rows = tf.stack([lengths, tf.range(tf.shape(lengths)[0])], axis=1)
-        h = tf.gather_nd(every_h, rows)
-        c = tf.gather_nd(saved["cs"].stack(), rows)
-
-        def grad(dh: tf.Tensor | None, dc: tf.Tensor | None) -> tuple:
-            shape = tf.shape(every_h)
-            # Each row's output gradient enters the backward loop at its own last step.
-            dh_at = (tf.zeros(shape, projected.dtype) if dh is None
-                     else tf.scatter_nd(rows, dh, shape))
-            dc_at = None if dc is None else tf.scatter_nd(rows, dc, shape)
-            recurrent_kernel_t = tf.transpose(recurrent_kernel)
-            zeros = tf.zeros([4 * units], projected.dtype)
-            no_inputs = projected[0, :, :0]
-
-            def back_step(t: tf.Tensor, dh: tf.Tensor, dc: tf.Tensor,
-                          dzs: tf.TensorArray) -> tuple:
-                dh += dh_at[t + 1]
-                if dc_at is not None:
-                    dc += dc_at[t + 1]
-                dc_prev, dz, *_ = tf.raw_ops.LSTMBlockCellGrad(
-                    x=no_inputs, cs_prev=saved["cs"].read(t), h_prev=dh, w=recurrent_kernel,
-                    wci=zeros[:units], wcf=zeros[:units], wco=zeros[:units], b=zeros,
-                    cs=saved["cs"].read(t + 1),
-                    **{name: saved[name].read(t) for name in SAVED_FOR_GRADIENT},
-                    cs_grad=dc, h_grad=dh, use_peephole=False)
-                return t - 1, tf.matmul(dz, recurrent_kernel_t), dc_prev, dzs.write(t, dz)
-
-            steps = tf.shape(projected)[0]
-            zero_state = tf.zeros_like(h)
-            _, dh0, dc0, dzs = tf.while_loop(
-                lambda t, *_: t >= 0, back_step,
-                (steps - 1, zero_state, zero_state,
-                 tf.TensorArray(projected.dtype, size=steps)),
-                parallel_iterations=32)
-            dh0 += dh_at[0]
-            if dc_at is not None:
-                dc0 += dc_at[0]
-            dprojected = dzs.stack()
-            # The recurrent kernel's gradient over all timesteps at once: h_{t-1} x dz_t.
-            dkernel = tf.matmul(tf.reshape(every_h[:-1], [-1, units]),
-                                tf.reshape(dprojected, [-1, 4 * units]), transpose_a=True)
-            return dprojected, dkernel, dh0, dc0
-
-        return (h, c), grad
-
-    return run
-
-
-def _recurrence_with_gradient(keep: tf.Tensor | None) -> Callable:
+def _recurrence(keep: tf.Tensor | None = None, lengths: tf.Tensor | None = None,
+                cell_state: bool = True) -> Callable:
     """The recurrence over precomputed input projections (gates i, c, f, o), and its gradient.
 
-    ``keep`` (``[time, batch, 1]`` bool or None) is closed over: it gets no gradient.
+    Args:
+      keep: ``[time, rows, 1]`` bool, False on padding steps, which carry the
+        state unchanged; or None. Applied at every step.
+      lengths: ``[rows]``: the returned state of each row is the state after
+        its first ``lengths`` steps; or None for the state after the last step.
+        The same function as ``keep`` with the right-padded mask of these
+        lengths, without the mask's ops inside the loops.
+      cell_state: return ``(h, c)``; otherwise ``h`` alone, so that no (zero)
+        gradient for ``c`` is sent back through the loop.
+
+    ``keep`` and ``lengths`` are closed over: they get no gradient.
     """
 
     @tf.custom_gradient
@@ -335,18 +295,33 @@ def _recurrence_with_gradient(keep: tf.Tensor | None) -> Callable:
             c0: tf.Tensor) -> tuple:
         units = recurrent_kernel.shape[0]
         h, c, saved = _forward(projected, recurrent_kernel, h0, c0, keep, save=True)
+        every_h = saved["h"].stack()  # [time + 1, rows, units]: h0, then after each step.
+        if lengths is not None:
+            at_length = tf.stack([lengths, tf.range(tf.shape(lengths)[0])], axis=1)
+            h = tf.gather_nd(every_h, at_length)
+            c = tf.gather_nd(saved["cs"].stack(), at_length)
 
-        def grad(dh: tf.Tensor | None, dc: tf.Tensor | None) -> tuple:
-            dh = tf.zeros_like(h) if dh is None else dh
-            dc = tf.zeros_like(c) if dc is None else dc
+        def grad(dh: tf.Tensor | None, dc: tf.Tensor | None = None) -> tuple:
+            zero_state = tf.zeros_like(h)
+            # With lengths, each row's gradient enters the backward loop at its own last
+            # step: [time + 1, rows, units] per state that has one (c's usually has none).
+            entering = {}
+            if lengths is not None:
+                entering = {name: tf.scatter_nd(at_length, d, tf.shape(every_h))
+                            for name, d in (("h", dh), ("c", dc)) if d is not None}
+                dh, dc = None, None
+            dh = zero_state if dh is None else dh
+            dc = zero_state if dc is None else dc
             recurrent_kernel_t = tf.transpose(recurrent_kernel)
             zeros = tf.zeros([4 * units], projected.dtype)
-
-            zero_state = tf.zeros_like(h)
             no_inputs = projected[0, :, :0]
 
             def back_step(t: tf.Tensor, dh: tf.Tensor, dc: tf.Tensor,
                           dzs: tf.TensorArray) -> tuple:
+                if "h" in entering:
+                    dh += entering["h"][t + 1]
+                if "c" in entering:
+                    dc += entering["c"][t + 1]
                 if keep is not None:  # A padding step passes the gradient straight through.
                     dh_in, dc_in = dh, dc
                     dh = tf.where(keep[t], dh, zero_state)
@@ -370,12 +345,16 @@ def _recurrence_with_gradient(keep: tf.Tensor | None) -> Callable:
                 lambda t, *_: t >= 0, back_step,
                 (steps - 1, dh, dc, tf.TensorArray(projected.dtype, size=steps)),
                 parallel_iterations=32)
+            if "h" in entering:
+                dh0 += entering["h"][0]
+            if "c" in entering:
+                dc0 += entering["c"][0]
             dprojected = dzs.stack()
             # The recurrent kernel's gradient over all timesteps at once: h_{t-1} x dz_t.
-            dkernel = tf.matmul(tf.reshape(saved["h"].stack()[:-1], [-1, units]),
+            dkernel = tf.matmul(tf.reshape(every_h[:-1], [-1, units]),
                                 tf.reshape(dprojected, [-1, 4 * units]), transpose_a=True)
             return dprojected, dkernel, dh0, dc0
 
-        return (h, c), grad
+        return ((h, c) if cell_state else h), grad
 
     return run
