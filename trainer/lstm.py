@@ -299,7 +299,8 @@ def _recurrence(keep: tf.Tensor | None = None, lengths: tf.Tensor | None = None,
         if lengths is not None:
             at_length = tf.stack([lengths, tf.range(tf.shape(lengths)[0])], axis=1)
             h = tf.gather_nd(every_h, at_length)
-            c = tf.gather_nd(saved["cs"].stack(), at_length)
+            if cell_state:
+                c = tf.gather_nd(saved["cs"].stack(), at_length)
 
         def grad(dh: tf.Tensor | None, dc: tf.Tensor | None = None) -> tuple:
             zero_state = tf.zeros_like(h)

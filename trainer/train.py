@@ -82,10 +82,11 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size)
     blockers = model.cudnn_blockers(net, config)
     gpus = len(tf.config.list_logical_devices("GPU"))
+    cpu_lstm_kernel = None if gpus else model.cpu_lstm_kernel(net)
     logging.info("model: %d parameters; LSTM %s%s", net.count_params(),
                  "is cuDNN-eligible" if not blockers else
                  "is NOT cuDNN-eligible: " + "; ".join(blockers),
-                 "" if gpus else f" (no GPU here: it runs {model.cpu_lstm_kernel(net)})")
+                 "" if gpus else f" (no GPU here: it runs {cpu_lstm_kernel})")
 
     if config.overwrite and chief and tf.io.gfile.exists(config.checkpoint_dir):
         tf.io.gfile.rmtree(config.checkpoint_dir)  # Start over: no old state to resume.
@@ -124,7 +125,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         "precision": precision,
         "cudnn_eligible": not blockers,
         "cudnn_blockers": blockers,
-        "cpu_lstm_kernel": None if gpus else model.cpu_lstm_kernel(net),
+        "cpu_lstm_kernel": cpu_lstm_kernel,
         "gpus": gpus,
         "data": {"source": splits.source, "train": len(splits.train),
                  "validation": len(splits.validation), "test": len(splits.test)},
