@@ -16,7 +16,7 @@ from trainer.errors import UserError
 from .test_config import parse
 
 
-def encoded_split(lengths: list[int], config: Config) -> tf.data.Dataset:
+def encoded_split(lengths: list[int], config: Config) -> data.Encoded:
     """Reviews whose ids are 3, 4, ... (never 0), of the given lengths, labelled by index."""
     reviews = np.empty(len(lengths), dtype=object)
     for i, length in enumerate(lengths):
@@ -98,6 +98,22 @@ def test_training_batches_are_full_and_padded_on_the_right_to_their_longest_revi
         seen.extend(row_lengths)
     assert len(seen) == 203 // 8 * 8  # Fewer than one batch of reviews left out.
     assert all(length <= 500 for length in seen)
+
+
+def test_epoch_order_sorts_windows_by_length_and_leaves_the_partial_batch_last():
+    config = Config(bucket_by_length=True, bucket_window_batches=2)
+    lengths = tf.constant([5, 1, 4, 2, 3], tf.int64)
+
+    def order(**kwargs) -> list[int]:
+        return data.epoch_order(lengths, config, global_batch_size=2, **kwargs).numpy().tolist()
+
+    assert order() == [1, 3, 2, 0, 4]  # Lengths 1, 2 | 4, 5 | 3: the docstring's example.
+    assert order(drop_remainder=True) == [1, 3, 2, 0]
+    shuffled = order(shuffle_seed=7)
+    assert sorted(shuffled) == [0, 1, 2, 3, 4] and shuffled == order(shuffle_seed=7)
+    unbucketed = config.replace(bucket_by_length=False)
+    assert data.epoch_order(lengths, unbucketed, global_batch_size=2).numpy().tolist() == [
+        0, 1, 2, 3, 4]
 
 
 def test_evaluation_batches_keep_every_review_once():

@@ -141,7 +141,7 @@ def test_keras_npz_source_uses_the_articles_encoding(tmp_path):
                               validation_split=0.0, early_stopping_patience=0))
     assert splits.pretokenized
     encoded = data.encode(splits.train, None, Config(max_len=4, padding="post"))
-    ids = [row.numpy().tolist() for row, _ in encoded]
+    ids = encoded.ids.to_list()
     # Start token 1, ids shifted by index_from=3, ids past vocab_size become OOV (2).
     assert ids == [[1, 4, 5], [1, 8, 2], [1, 6], [1, 2, 10]]
 

@@ -5,9 +5,10 @@ One batch's journey::
     load()         raw reviews + labels from aclImdb (folder or .tar.gz), tfds or imdb.npz,
                    cut to a class-balanced subset, validation held out of train
     make_vectorizer()  TextVectorization adapted on the training reviews only
-    encode()       review -> token ids (truncated to max_len), once, then cache()
-    batches()      per epoch: seeded shuffle, pad to max_len or bucket by length, batch
-                   (global size), prefetch
+    encode()       review -> token ids (truncated to max_len), once, kept in memory
+    batches()      per epoch: the order (seeded shuffle, with bucket_by_length sorted by
+                   length in windows), then per batch (global size) one gather, padded
+                   to max_len or to its longest review; prefetch
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/]+\.txt)$")
 _LABELS = {"neg": 0, "pos": 1}
 _LAYOUT_HINT = ("expected the aclImdb layout: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt "
                 "(the official aclImdb_v1.tar.gz or the labeled part of it)")
-_ENCODE_BATCH = 1024  # Reviews vectorized per TextVectorization call while filling the cache.
+_ENCODE_BATCH = 1024  # Reviews vectorized per TextVectorization call.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,11 +302,28 @@ def make_vectorizer(train: Split, config: Config) -> keras.layers.TextVectorizat
     return vectorizer
 
 
-def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
-           config: Config) -> tf.data.Dataset:
-    """Maps each review to int32 ids, truncated to ``max_len`` on the padding side, once.
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A split's token ids, vectorized once and held in memory: what every epoch reads.
 
-    The result is cached in memory: every epoch after the first reads ids, not text.
+    One ragged tensor instead of a ``cache()``d dataset of reviews, so that an
+    epoch's batches are one gather each, not one dataset element per review.
+
+    Attributes:
+      ids: ``[reviews, (length <= max_len)]`` int32, truncated on the padding side.
+      labels: ``[reviews]`` int32.
+    """
+
+    ids: tf.RaggedTensor
+    labels: tf.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
+           config: Config) -> Encoded:
+    """Maps each review to int32 ids, truncated to ``max_len`` on the padding side, once.
 
     Args:
       split: reviews and labels.
@@ -313,25 +331,30 @@ def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
       config: max_len, padding, vocab_size.
 
     Returns:
-      A dataset of ``(ids [length <= max_len], label)`` pairs.
+      The split's ids and labels, in memory.
     """
-    labels = split.labels.astype(np.int32)
+    with tf.device("/cpu:0"):  # tf.data reads it from host memory, even with a GPU.
+        return _encode(split, vectorizer, config)
+
+
+def _encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
+            config: Config) -> Encoded:
+    labels = tf.constant(split.labels.astype(np.int32))
     if vectorizer is None:
         lengths = np.array([len(r) for r in split.reviews], dtype=np.int64)
         flat = np.concatenate(list(split.reviews)) if len(split) else np.zeros(0, np.int32)
         flat = np.where(flat < config.vocab_size, flat, _NPZ_OOV_ID).astype(np.int32)
         ids = tf.RaggedTensor.from_row_lengths(flat, lengths)
-        dataset = tf.data.Dataset.from_tensor_slices((truncate(ids, config), labels))
     else:
-        dataset = (
-            tf.data.Dataset.from_tensor_slices((split.reviews.astype(str), labels))
+        # Batches of strings, vectorized in parallel by tf.data, then joined.
+        pieces = list(
+            tf.data.Dataset.from_tensor_slices(split.reviews.astype(str))
             .batch(_ENCODE_BATCH)
-            .map(lambda text, label: (truncate(vectorizer(text), config), label),
-                 num_parallel_calls=tf.data.AUTOTUNE)
-            .unbatch())
-    dataset = dataset.map(lambda ids, label: (tf.cast(ids, tf.int32), label))
-    # unbatch() forgets the count; restoring it lets shuffle and progress use it.
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(split))).cache()
+            .map(vectorizer, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+        ids = (tf.concat(pieces, axis=0) if pieces
+               else tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int64),
+                                                     tf.zeros([0], tf.int64)))
+    return Encoded(tf.cast(truncate(ids, config), tf.int32), labels)
 
 
 def truncate(ids: tf.RaggedTensor, config: Config) -> tf.RaggedTensor:
@@ -352,16 +375,22 @@ def pad(ids: tf.Tensor, config: Config) -> tf.Tensor:
     return tf.ensure_shape(tf.pad(ids, paddings, constant_values=PAD_ID), [config.max_len])
 
 
-def batches(encoded: tf.data.Dataset, config: Config, *, global_batch_size: int,
+def batches(encoded: Encoded, config: Config, *, global_batch_size: int,
             shuffle_seed: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
-    """One epoch of batches from ``encode``'s cached ids.
+    """One epoch of batches from ``encode``'s ids.
 
-    Per-epoch work only: shuffle, pad (to ``max_len``, or with
-    ``bucket_by_length`` to the longest review of each batch), batch, prefetch.
-    Vectorization happened once, before ``encode``'s ``cache()``.
+    Per-epoch work only: the epoch's order (a seeded shuffle, and with
+    ``bucket_by_length`` a sort by length within windows, see ``epoch_order``),
+    then for each batch one gather of its reviews, padded to ``max_len`` (or
+    with ``bucket_by_length`` to its longest review), and prefetch.
+    Vectorization happened once, in ``encode``.
+
+    The batch size comes from ``batch()`` on the indices, so ``tf.distribute``
+    sees it and splits each batch across replicas and workers (all then run
+    the same width).
 
     Args:
-      encoded: the cached ``(ids, label)`` dataset.
+      encoded: a split's ids and labels.
       config: max_len, padding, bucket_by_length, bucket_window_batches.
       global_batch_size: examples per step across all replicas.
       shuffle_seed: shuffle the whole split with this seed (a different seed
@@ -372,39 +401,44 @@ def batches(encoded: tf.data.Dataset, config: Config, *, global_batch_size: int,
     Returns:
       ``(ids [batch, width] int32, labels [batch] int32)`` batches, prefetched;
       ``width`` is ``max_len``, or with ``bucket_by_length`` the batch's longest
-      review. The cardinality is known when ``encoded``'s is.
+      review. The cardinality is known.
     """
-    dataset = encoded
-    if shuffle_seed is not None:
-        # The whole split fits in the buffer: a true shuffle, not a sliding window.
-        dataset = dataset.shuffle(encoded.cardinality(), seed=shuffle_seed,
-                                  reshuffle_each_iteration=False)
-    if config.bucket_by_length:
-        dataset = length_bucketed_batches(dataset, config, global_batch_size=global_batch_size,
-                                          shuffle_seed=shuffle_seed,
-                                          drop_remainder=drop_remainder)
-        count = int(encoded.cardinality())
-        if count >= 0:  # flat_map forgets the count; progress lines and len() use it.
-            batch_count = (count // global_batch_size if drop_remainder
-                           else -(-count // global_batch_size))
-            dataset = dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
-    else:
-        dataset = dataset.map(lambda ids, label: (pad(ids, config), label),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    with tf.device("/cpu:0"):
+        order = epoch_order(encoded.ids.row_lengths(), config,
+                            global_batch_size=global_batch_size, shuffle_seed=shuffle_seed,
+                            drop_remainder=drop_remainder)
+    width = None if config.bucket_by_length else config.max_len
+    pre = config.padding == "pre"
+
+    def gather(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        rows = tf.gather(encoded.ids, indices)
+        if pre:  # to_tensor pads on the right: turn the rows around and back.
+            ids = tf.reverse(tf.reverse(rows, axis=[1]).to_tensor(PAD_ID, shape=[None, width]),
+                             axis=[1])
+        else:
+            ids = rows.to_tensor(PAD_ID, shape=[None, width])
+        return ids, tf.gather(encoded.labels, indices)
+
+    return (tf.data.Dataset.from_tensor_slices(order)
+            .batch(global_batch_size, drop_remainder=drop_remainder)
+            .map(gather)
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(_options()))
 
 
-def length_bucketed_batches(examples: tf.data.Dataset, config: Config, *,
-                            global_batch_size: int, shuffle_seed: int | None = None,
-                            drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batches of reviews of similar length, each padded only to its longest review.
+def epoch_order(lengths: tf.Tensor, config: Config, *, global_batch_size: int,
+                shuffle_seed: int | None = None, drop_remainder: bool = False) -> tf.Tensor:
+    """The indices of one epoch's reviews: each run of ``global_batch_size`` is a batch.
 
-    The (already shuffled) reviews are cut into windows of
-    ``bucket_window_batches * global_batch_size``; each window is sorted by
-    length and cut into batches, and the batches of a window are shuffled (with
-    ``shuffle_seed``) so that short and long ones alternate through the epoch.
-    Each review lands in a batch of random neighbours of about its length.
+    The whole split is shuffled with ``shuffle_seed``. Without
+    ``bucket_by_length`` that is the order. With it, the shuffled reviews are
+    cut into windows of ``bucket_window_batches * global_batch_size``; each
+    window is sorted by length (stably, so equal lengths stay in random order)
+    and cut into batches, and the batches of a window are shuffled so that
+    short and long ones alternate through the epoch. Each review lands in a
+    batch of random neighbours of about its length. The last partial batch is
+    last (its reviews are the longest of the last window), or left out with
+    ``drop_remainder``.
 
     Why not ``tf.data``'s ``bucket_by_sequence_length``: with fixed boundaries
     every bucket drops its own partial batch each epoch (on IMDB, 25-token
@@ -414,75 +448,42 @@ def length_bucketed_batches(examples: tf.data.Dataset, config: Config, *,
     100-batch windows run about 1.01x the real tokens, against 1.05x for
     25-token buckets and 2.3x for padding to 500.
 
-    The batching itself is ``padded_batch`` of reviews put in batch order, so
-    that ``tf.distribute`` sees the batch size and splits each batch across
-    replicas and workers (all then run the same width).
-
-    Example, batch 2, a window of 2 batches, lengths ``[5, 1, 4, 2, 3]``: the
-    window ``[5, 1, 4, 2]`` sorts to ``[1, 2 | 4, 5]``, giving batches of width
-    2 and 5 in shuffled order; the last window ``[3]`` is a partial batch, kept
-    for evaluation and dropped with ``drop_remainder``.
+    Example, batch 2, windows of 2 batches, no seed, lengths
+    ``[5, 1, 4, 2, 3]``: the window ``[5, 1, 4, 2]`` sorts to lengths
+    ``[1, 2 | 4, 5]`` and the last window is ``[3]``: ``[1, 3, 2, 0, 4]``, or
+    ``[1, 3, 2, 0]`` with ``drop_remainder``.
 
     Args:
-      examples: ``(ids [length], label)`` pairs, in the order to batch them.
-      config: padding, bucket_window_batches.
-      global_batch_size: examples per batch.
-      shuffle_seed: seeds the order of the batches within each window; None
-        keeps them from shortest to longest.
-      drop_remainder: make every batch exactly ``global_batch_size`` by leaving
-        out the last window's leftover reviews, which are random after a shuffle.
+      lengths: ``[reviews]`` int64, each review's length.
+      config: bucket_by_length, bucket_window_batches.
+      global_batch_size: reviews per batch.
+      shuffle_seed: seeds the shuffles; None keeps the reviews' order (and the
+        batches of a window from shortest to longest).
+      drop_remainder: leave out the last partial batch.
 
     Returns:
-      ``(ids [batch, width] int32, labels [batch] int32)`` batches.
+      ``[reviews]`` int64 indices, or ``[reviews // global_batch_size *
+      global_batch_size]`` with ``drop_remainder``.
     """
-    window_size = config.bucket_window_batches * global_batch_size
-    pre = config.padding == "pre"
-
-    def window_in_batch_order(window_index: tf.Tensor, ids: tf.RaggedTensor,
-                              labels: tf.Tensor) -> tf.data.Dataset:
-        order = _batch_order(ids.row_lengths(), global_batch_size, drop_remainder,
-                             None if shuffle_seed is None
-                             else tf.stack([tf.constant(shuffle_seed, tf.int64), window_index]))
-
-        def review(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            # Reversed for pre padding: padded_batch pads on the right, then the map
-            # below turns each row around again, putting the padding first.
-            return (ids[index][::-1] if pre else ids[index]), labels[index]
-
-        return tf.data.Dataset.from_tensor_slices(order).map(review)
-
-    batches = (examples.ragged_batch(window_size)
-               .enumerate()
-               .flat_map(lambda index, window: window_in_batch_order(index, *window))
-               .padded_batch(global_batch_size, padded_shapes=([None], []),
-                             padding_values=(PAD_ID, 0), drop_remainder=drop_remainder))
-    if pre:
-        batches = batches.map(lambda ids, labels: (tf.reverse(ids, axis=[1]), labels))
-    return batches
-
-
-def _batch_order(lengths: tf.Tensor, batch_size: int, drop_remainder: bool,
-                 seed: tf.Tensor | None) -> tf.Tensor:
-    """Indices of a window's reviews such that each run of ``batch_size`` is one batch.
-
-    Reviews are sorted by length (stably: equal lengths stay in their random
-    order), cut into batches, and the full batches shuffled with ``seed``; a
-    partial batch stays last (or is left out with ``drop_remainder``).
-
-    Examples:
-      lengths ``[5, 1, 4, 2, 3]``, batch 2, no seed -> ``[1, 3, 4, 2, 0]``
-      (lengths 1, 2 | 3, 4 | 5); with ``drop_remainder`` -> ``[1, 3, 4, 2]``.
-    """
-    by_length = tf.argsort(lengths, stable=True)
-    full_batches = tf.size(by_length, out_type=tf.int64) // batch_size
-    batch_order = tf.range(full_batches)
-    if seed is not None:
-        batch_order = tf.random.experimental.stateless_shuffle(batch_order, seed=seed)
-    full = tf.reshape(by_length[:full_batches * batch_size], [-1, batch_size])
-    order = tf.reshape(tf.gather(full, batch_order), [-1])
-    if drop_remainder:
-        return order
-    return tf.concat([order, by_length[full_batches * batch_size:]], axis=0)
+    count = int(lengths.shape[0])
+    order = tf.range(count, dtype=tf.int64)
+    if shuffle_seed is not None:
+        order = tf.random.experimental.stateless_shuffle(order, seed=[shuffle_seed, 0])
+    full = count // global_batch_size * global_batch_size
+    if config.bucket_by_length:
+        window = tf.range(count, dtype=tf.int64) // (
+            config.bucket_window_batches * global_batch_size)
+        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0)) + 1
+        order = tf.gather(order, tf.argsort(window * longest + tf.gather(lengths, order),
+                                            stable=True))
+        batch_order = tf.cast(window[:full:global_batch_size], tf.float64)
+        if shuffle_seed is not None:  # A random place within the batch's own window.
+            batch_order += tf.random.stateless_uniform(
+                tf.shape(batch_order), seed=[shuffle_seed, 1], dtype=tf.float64)
+        batched = tf.reshape(order[:full], [-1, global_batch_size])
+        order = tf.concat([tf.reshape(tf.gather(batched, tf.argsort(batch_order, stable=True)),
+                                      [-1]), order[full:]], axis=0)
+    return order[:full] if drop_remainder else order
 
 
 def _options() -> tf.data.Options:

@@ -63,11 +63,11 @@ class Totals:
 
 @dataclasses.dataclass
 class Datasets:
-    """The encoded (cached) splits and the global batch size."""
+    """The encoded splits and the global batch size."""
 
-    train: tf.data.Dataset
-    validation: tf.data.Dataset | None
-    test: tf.data.Dataset
+    train: data.Encoded
+    validation: data.Encoded | None
+    test: data.Encoded
     global_batch_size: int
 
 
@@ -208,7 +208,7 @@ class Loop:
 
     # --- Epochs -------------------------------------------------------------------------
 
-    def evaluate(self, encoded: tf.data.Dataset, prefix: str) -> dict[str, float]:
+    def evaluate(self, encoded: data.Encoded, prefix: str) -> dict[str, float]:
         """Loss and accuracy over every example of an encoded split."""
         batches = data.batches(encoded, self.config, global_batch_size=self.global_batch_size)
         totals = Totals()
@@ -247,7 +247,7 @@ class Loop:
              best_manager: tf.train.CheckpointManager | None,
              preemption: Preemption) -> FitResult:
         config = self.config
-        steps_in_epoch = int(datasets.train.cardinality()) // self.global_batch_size
+        steps_in_epoch = len(datasets.train) // self.global_batch_size
         train_seconds, train_examples = 0.0, 0.0
         while int(self.epoch) < config.epochs and not self._should_stop():
             epoch = int(self.epoch) + 1
