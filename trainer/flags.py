@@ -150,7 +150,7 @@ flags.DEFINE_bool(
     "fast_settings", _D.fast_settings,
     "Pin today's defaults: length bucketing with right padding and a mask "
     "(--bucket_by_length --padding=post), --clip_norm=0.25, --dense_embedding_gradient and "
-    "--lean_lstm. About 2.2-3.1x the article's training examples/s on 2 CPU cores, with the LSTM "
+    "--lean_lstm. About 2.8-3.3x the article's training examples/s on 2 CPU cores, with the LSTM "
     "still cuDNN-eligible. Flags given explicitly still win over the preset.")
 flags.DEFINE_bool(
     "smoke_test", _D.smoke_test,
