@@ -334,27 +334,23 @@ def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
       The split's ids and labels, in memory.
     """
     with tf.device("/cpu:0"):  # tf.data reads it from host memory, even with a GPU.
-        return _encode(split, vectorizer, config)
-
-
-def _encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
-            config: Config) -> Encoded:
-    labels = tf.constant(split.labels.astype(np.int32))
-    if vectorizer is None:
-        lengths = np.array([len(r) for r in split.reviews], dtype=np.int64)
-        flat = np.concatenate(list(split.reviews)) if len(split) else np.zeros(0, np.int32)
-        flat = np.where(flat < config.vocab_size, flat, _NPZ_OOV_ID).astype(np.int32)
-        ids = tf.RaggedTensor.from_row_lengths(flat, lengths)
-    else:
-        # Batches of strings, vectorized in parallel by tf.data, then joined.
-        pieces = list(
-            tf.data.Dataset.from_tensor_slices(split.reviews.astype(str))
-            .batch(_ENCODE_BATCH)
-            .map(vectorizer, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-        ids = (tf.concat(pieces, axis=0) if pieces
-               else tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int64),
-                                                     tf.zeros([0], tf.int64)))
-    return Encoded(tf.cast(truncate(ids, config), tf.int32), labels)
+        labels = tf.constant(split.labels.astype(np.int32))
+        if vectorizer is None:
+            lengths = np.array([len(r) for r in split.reviews], dtype=np.int64)
+            flat = (np.concatenate(list(split.reviews)) if len(split)
+                    else np.zeros(0, np.int32))
+            flat = np.where(flat < config.vocab_size, flat, _NPZ_OOV_ID).astype(np.int32)
+            ids = tf.RaggedTensor.from_row_lengths(flat, lengths)
+        else:
+            # Batches of strings, vectorized in parallel by tf.data, then joined.
+            pieces = list(
+                tf.data.Dataset.from_tensor_slices(split.reviews.astype(str))
+                .batch(_ENCODE_BATCH)
+                .map(vectorizer, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+            ids = (tf.concat(pieces, axis=0) if pieces
+                   else tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int64),
+                                                         tf.zeros([0], tf.int64)))
+        return Encoded(tf.cast(truncate(ids, config), tf.int32), labels)
 
 
 def truncate(ids: tf.RaggedTensor, config: Config) -> tf.RaggedTensor:
