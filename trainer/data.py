@@ -360,15 +360,22 @@ def truncate(ids: tf.RaggedTensor, config: Config) -> tf.RaggedTensor:
 
 # --- Batches ------------------------------------------------------------------------------
 
-def pad(ids: tf.Tensor, config: Config) -> tf.Tensor:
-    """Pads one review's ids with PAD_ID to exactly ``max_len``, on the ``padding`` side.
+def pad(rows: tf.RaggedTensor, config: Config, width: int | None = None) -> tf.Tensor:
+    """Pads a batch of reviews' ids with PAD_ID on the ``padding`` side.
+
+    Args:
+      rows: ``[batch, (length)]`` ids, already truncated to ``max_len``.
+      config: padding.
+      width: the padded width; None for the batch's longest review.
 
     Examples:
-      ``[5, 6, 7]`` with max_len 5 -> ``[0, 0, 5, 6, 7]`` (pre) or ``[5, 6, 7, 0, 0]`` (post).
+      ``[[5, 6, 7], [8]]``, width 4 -> ``[[0, 5, 6, 7], [0, 0, 0, 8]]`` (pre) or
+      ``[[5, 6, 7, 0], [8, 0, 0, 0]]`` (post).
     """
-    missing = config.max_len - tf.shape(ids)[0]
-    paddings = [[missing, 0]] if config.padding == "pre" else [[0, missing]]
-    return tf.ensure_shape(tf.pad(ids, paddings, constant_values=PAD_ID), [config.max_len])
+    if config.padding == "pre":  # to_tensor pads on the right: turn the rows around and back.
+        return tf.reverse(tf.reverse(rows, axis=[1]).to_tensor(PAD_ID, shape=[None, width]),
+                          axis=[1])
+    return rows.to_tensor(PAD_ID, shape=[None, width])
 
 
 def batches(encoded: Encoded, config: Config, *, global_batch_size: int,
@@ -404,16 +411,10 @@ def batches(encoded: Encoded, config: Config, *, global_batch_size: int,
                             global_batch_size=global_batch_size, shuffle_seed=shuffle_seed,
                             drop_remainder=drop_remainder)
     width = None if config.bucket_by_length else config.max_len
-    pre = config.padding == "pre"
 
     def gather(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        rows = tf.gather(encoded.ids, indices)
-        if pre:  # to_tensor pads on the right: turn the rows around and back.
-            ids = tf.reverse(tf.reverse(rows, axis=[1]).to_tensor(PAD_ID, shape=[None, width]),
-                             axis=[1])
-        else:
-            ids = rows.to_tensor(PAD_ID, shape=[None, width])
-        return ids, tf.gather(encoded.labels, indices)
+        return (pad(tf.gather(encoded.ids, indices), config, width),
+                tf.gather(encoded.labels, indices))
 
     return (tf.data.Dataset.from_tensor_slices(order)
             .batch(global_batch_size, drop_remainder=drop_remainder)

@@ -62,8 +62,7 @@ class ReviewScorer(tf.Module):
         # to max_len: with --bucket_by_length the mask makes the width irrelevant, and a
         # batch of empty reviews would otherwise be 0 wide, which the LSTM cannot run.
         ids = data.truncate(self.vectorizer(reviews), config)
-        padded = tf.map_fn(lambda row: data.pad(row, config), ids,
-                           fn_output_signature=tf.TensorSpec([config.max_len], ids.dtype))
+        padded = data.pad(ids, config, width=config.max_len)
         probabilities = self.net(tf.cast(padded, tf.int32), training=False)
         return {OUTPUT_KEY: tf.cast(probabilities[:, 0], tf.float32)}
 

@@ -159,8 +159,9 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
     batch = tf.shape(inputs)[0]
     lengths = None
 
-    def run(to_lengths: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        states = []
+    def run(to_lengths: bool) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+        """``h``, or ``(h, c)`` with ``cell_state``: no None, which tf.cond cannot return."""
+        hs, cs = [], []
         for chain in _split_rows(chains, batch, inputs=inputs, h0=h0, c0=c0, mask=mask,
                                  lengths=lengths):
             projected = _project(chain["inputs"], kernel)
@@ -172,27 +173,29 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
                 run_chain = _recurrence(keep, chain["lengths"] if to_lengths else None,
                                         cell_state)
                 result = run_chain(projected, recurrent_kernel, *state)
-                states.append(result if cell_state else (result, None))
+                h, c = result if cell_state else (result, None)
             else:
                 h, c, _ = _forward(projected, recurrent_kernel, *state, keep, save=False)
-                states.append((h, c))
-        h = tf.concat([h for h, _ in states], 0) if len(states) > 1 else states[0][0]
-        if not cell_state:
-            return h
-        return h, tf.concat([c for _, c in states], 0) if len(states) > 1 else states[0][1]
+            hs.append(h)
+            cs.append(c)
 
-    def with_cell_state(result: tuple | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
-        return result if cell_state else (result, None)
+        def join(parts: list[tf.Tensor]) -> tf.Tensor:
+            return tf.concat(parts, 0) if len(parts) > 1 else parts[0]
+
+        return (join(hs), join(cs)) if cell_state else join(hs)
 
     if mask is None or not training:
-        return with_cell_state(run(to_lengths=False))
-    # A right-padded mask (--padding=post) needs no check inside the loop: a step never
-    # changes the states before it, so a row's last state is the state after its last
-    # token, read from every step's saved states.
-    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-    right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
-    return with_cell_state(
-        tf.cond(right_padded, lambda: run(to_lengths=True), lambda: run(to_lengths=False)))
+        result = run(to_lengths=False)
+    else:
+        # A right-padded mask (--padding=post) needs no check inside the loop: a step never
+        # changes the states before it, so a row's last state is the state after its last
+        # token, read from every step's saved states.
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+        right_padded = tf.reduce_all(
+            tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
+        result = tf.cond(right_padded, lambda: run(to_lengths=True),
+                         lambda: run(to_lengths=False))
+    return result if cell_state else (result, None)
 
 
 def _project(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
