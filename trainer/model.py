@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from trainer.config import Config
 from trainer.lstm import LeanLSTM
@@ -93,5 +94,7 @@ def cpu_lstm_kernel(model: keras.Model) -> str:
     """Which recurrence the LSTM runs without a GPU: ``LeanLSTM``'s or Keras' generic one."""
     lstm = model.get_layer(LSTM_LAYER_NAME)
     if isinstance(lstm, LeanLSTM) and lstm.runs_lean(training=True):
-        return f"LeanLSTM's loop ({lstm.chains_used} chain(s))"
+        return (f"LeanLSTM's fused BlockLSTM ({lstm.chains_used} chain(s), "
+                f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
+                "intra-op thread(s))")
     return "Keras' generic loop"
