@@ -42,6 +42,7 @@ def test_defaults_are_the_articles_model():
     ({"clip_norm": -1.0}, "--clip_norm=-1.0"),
     ({"profile_steps": "5"}, "--profile_steps='5'"),
     ({"profile_steps": "9,3"}, "--profile_steps='9,3'"),
+    ({"intra_op_threads": -1}, "--intra_op_threads=-1"),
 ])
 def test_invalid_values_name_the_flag(changes, flag):
     with pytest.raises(UserError) as error:

@@ -96,3 +96,16 @@ def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_r
 
     config = Config(strategy=strategy, cpu_replicas=cpu_replicas)
     assert distribute.choose(config, cluster, num_gpus=gpus) == expected
+
+
+@pytest.mark.parametrize("changes, gpus, expected", [
+    ({}, 0, 1),                                   # LeanLSTM on a CPU: one thread per op.
+    ({}, 1, 0),                                   # A GPU runs cuDNN: TensorFlow's choice.
+    ({"lean_lstm": False}, 0, 0),                 # Keras' LSTM (--article_settings).
+    ({"intra_op_threads": 2}, 0, 2),              # An explicit value is kept...
+    ({"intra_op_threads": 0, "lean_lstm": True}, 0, 0),  # ...0 included.
+])
+def test_intra_op_threads_default_to_one_for_leanlstm_on_a_cpu(changes, gpus, expected):
+    from trainer.config import Config
+
+    assert distribute.intra_op_threads(Config(**changes), num_gpus=gpus) == expected

@@ -58,6 +58,9 @@ def test_smoke_run_trains_above_chance_and_writes_its_record(run_trainer, imdb_a
         assert name in epoch_lines[0]
     assert "epoch 1/3 | step 20/" in process.stderr
     assert "LSTM is cuDNN-eligible" in process.stderr
+    # Without a GPU: the fused recurrence, one chain per core, one thread per op.
+    assert metrics["cpu_lstm_kernel"].startswith("LeanLSTM's fused BlockLSTM")
+    assert "1 intra-op thread(s)" in metrics["cpu_lstm_kernel"]
 
     # The same command again finds the run finished: exit 0, nothing trained or rewritten.
     written = (model_dir / "metrics.json").stat().st_mtime_ns

@@ -65,6 +65,7 @@ class Config:
     cpu_replicas: int = 0
     cluster_timeout_secs: int = 600
     precision: str = "auto"
+    intra_op_threads: int | None = None
     # Outputs.
     model_dir: str = ""
     checkpoint_dir: str = ""
@@ -139,6 +140,9 @@ def _validate(config: Config) -> None:
         value = getattr(config, name)
         if value < 0:
             raise UserError(f"--{name}={value} must be 0 or more (0 means {_ZERO[name]}).")
+    if config.intra_op_threads is not None and config.intra_op_threads < 0:
+        raise UserError(f"--intra_op_threads={config.intra_op_threads} must be 0 (TensorFlow's "
+                        "choice: one per core) or more; leave it unset for the default.")
     if not 0.0 <= config.validation_split < 1.0:
         raise UserError(
             f"--validation_split={config.validation_split} must be in [0, 1): the fraction "

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
+from absl import logging
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.eager import context
 
@@ -93,7 +94,9 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
     # Only physical-device calls until the strategy exists: listing logical devices
     # initializes TensorFlow, after which collectives can no longer be configured.
-    name = choose(config, tf_config, num_gpus=_configure_gpus(config))
+    num_gpus = _configure_gpus(config)
+    set_intra_op_threads(intra_op_threads(config, num_gpus))
+    name = choose(config, tf_config, num_gpus=num_gpus)
     if name == "multi_worker":
         # With no TF_CONFIG this is a valid one-worker cluster.
         if tf_config:
@@ -236,6 +239,37 @@ def _configure_gpus(config: Config) -> int:
         # Take memory as needed, so several workers can share a GPU host.
         tf.config.experimental.set_memory_growth(gpu, True)
     return len(gpus)
+
+
+def intra_op_threads(config: Config, num_gpus: int) -> int:
+    """The threads one op may use: ``--intra_op_threads``, or 1 for LeanLSTM on a CPU.
+
+    LeanLSTM runs one fused recurrence per core, each a long series of small
+    steps; letting every step's matmul split across the cores as well only
+    makes the recurrences wait for each other.
+
+    Returns:
+      A thread count for TensorFlow's intra-op pool; 0 leaves TensorFlow's own choice.
+    """
+    if config.intra_op_threads is not None:
+        return config.intra_op_threads
+    return 1 if config.lean_lstm and not num_gpus else 0
+
+
+def set_intra_op_threads(threads: int) -> None:
+    """Sizes TensorFlow's intra-op pool, which is possible only before TensorFlow starts.
+
+    A second run in the same process (tests, notebooks) keeps the first run's
+    pool, with a warning: that changes speed only, never a result.
+    """
+    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        logging.warning("TensorFlow already started in this process: keeping its intra-op "
+                        "threads at %d instead of %d (speed only).",
+                        tf.config.threading.get_intra_op_parallelism_threads(), threads)
 
 
 def _make_tpu_strategy() -> tf.distribute.Strategy:

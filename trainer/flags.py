@@ -114,6 +114,13 @@ flags.DEFINE_enum(
     "Keras dtype policy. auto: mixed_float16 on a GPU, float32 on CPU (where mixed precision "
     "is no faster). The output layer always computes in float32.")
 
+flags.DEFINE_integer(
+    "intra_op_threads", _D.intra_op_threads,
+    "Threads one TensorFlow op may split its work across (0 = TensorFlow's choice, one per "
+    "core). Unset: 1 without a GPU when --lean_lstm runs, since LeanLSTM's recurrences, one "
+    "per core, are the parallelism and splitting each small step across cores too costs more "
+    "than it saves (LeanLSTM 1.8x faster in benchmarks/); else TensorFlow's choice.")
+
 # --- Outputs ----------------------------------------------------------------
 flags.DEFINE_string(
     "model_dir", _D.model_dir,
