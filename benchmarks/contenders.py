@@ -1,5 +1,12 @@
 """The contenders the benchmarks race, on the same reviews and the same token ids.
 
+Each contender runs in a process of its own (``Isolated``), started the way its
+users would start it: the article's code with TensorFlow's default threads,
+the harness with the intra-op threads ``python -m trainer.main`` sets
+(``trainer.distribute.intra_op_threads``). TensorFlow fixes those per process.
+The benchmark's own process only reads the reviews, hands out the work, one
+contender at a time, and collects the timings.
+
 - ``article_code``: the article's own code: NumPy arrays pre-padded to 500 with
   ``keras.utils.pad_sequences``, the Sequential model, ``compile("adam",
   "binary_crossentropy", ["accuracy"])``, ``model.fit(x, y, batch_size=64)``.
@@ -10,23 +17,27 @@
   with ``--steps_per_loop=20``.
 
 Both harness contenders run ``trainer.data.batches`` and ``Loop.train_steps``,
-the path ``Loop.fit`` takes. Reading the archive and vectorizing happen once,
-through ``trainer.data``, before any clock starts, so every contender sees the
-same reviews as the same ids.
+the path ``Loop.fit`` takes. The archive is read once; each process adapts the
+vocabulary on the same training reviews and vectorizes through ``trainer.data``
+before any clock starts, so every contender sees the same reviews as the same ids.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import multiprocessing
 import sys
 import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, flags, loop, model
+from trainer import data, distribute, flags, loop, model
 from trainer.config import Config
 
 # Training FLOPs of one LSTM timestep of one example: the forward pass is two matmuls,
@@ -52,8 +63,8 @@ class Reviews:
     vectorizer: keras.layers.TextVectorization
 
 
-def load_reviews(data_path: str, train_reviews: int, test_reviews: int, seed: int) -> Reviews:
-    """Reads the archive once and adapts the vocabulary on the training reviews.
+def load_splits(data_path: str, train_reviews: int, test_reviews: int, seed: int) -> data.Splits:
+    """Reads the archive once: no TensorFlow work, so the contenders' processes start clean.
 
     Args:
       data_path: an aclImdb folder or .tar.gz.
@@ -64,11 +75,14 @@ def load_reviews(data_path: str, train_reviews: int, test_reviews: int, seed: in
     Returns:
       All the training reviews (no validation split: the article has none).
     """
-    config = Config(data_path=data_path, max_train_examples=train_reviews,
-                    max_test_examples=test_reviews, validation_split=0.0,
-                    early_stopping_patience=0, seed=seed)
-    splits = data.load(config)
-    return Reviews(splits, data.make_vectorizer(splits.train, config))
+    return data.load(Config(data_path=data_path, max_train_examples=train_reviews,
+                            max_test_examples=test_reviews, validation_split=0.0,
+                            early_stopping_patience=0, seed=seed))
+
+
+def vectorize(splits: data.Splits) -> Reviews:
+    """Adapts the vocabulary on the training reviews (the same in every process)."""
+    return Reviews(splits, data.make_vectorizer(splits.train, Config()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +136,11 @@ class ArticleCode:
     def test_accuracy(self) -> float:
         return float(self.model.evaluate(self.x_test, self.y_test, verbose=0)[1])
 
+    def settings(self) -> dict:
+        return {"padding": "pre", "max_len": self.max_len, "mask": False, "batch_size": 64,
+                "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                "loop": "model.fit on NumPy arrays"}
+
 
 def _padded_arrays(reviews: Reviews, split: data.Split,
                    config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +180,7 @@ class Harness:
             optimizer = model.make_optimizer(config)
         self.loop = loop.Loop(config, self.strategy, net, optimizer, config.batch_size)
         self.epochs_done = 0
+        self._in_memory: tf.data.Dataset | None = None
 
     def epoch_batches(self, epoch: int) -> tf.data.Dataset:
         """The batches ``Loop.fit`` trains on in ``epoch`` (same seed, same order)."""
@@ -192,32 +212,114 @@ class Harness:
             examples += int(sums[2])
         return time.perf_counter() - start, examples
 
+    def train_epoch_in_memory(self) -> Epoch:
+        """Trains one epoch on batches held in memory: the same work, no input pipeline.
+
+        The batches are those of an epoch the rounds never use, materialized on
+        the first call.
+        """
+        if self._in_memory is None:
+            self._in_memory = self.epoch_batches(epoch=10_000).cache()
+            for _ in self._in_memory:  # Fill the cache.
+                pass
+        return self.train_epoch(self._in_memory)
+
     def test_accuracy(self) -> float:
         return self.loop.evaluate(self.test, "test")["test/accuracy"]
 
+    def settings(self) -> dict:
+        config = self.config
+        return {"padding": config.padding, "max_len": config.max_len, "mask": config.uses_mask,
+                "bucket_by_length": config.bucket_by_length,
+                "bucket_window_batches": config.bucket_window_batches,
+                "batch_size": config.batch_size, "steps_per_loop": config.steps_per_loop,
+                "lstm": "trainer.lstm.LeanLSTM" if config.lean_lstm else "keras.layers.LSTM",
+                "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                "loop": "trainer.loop.Loop.train_steps"}
 
-def make(name: str, reviews: Reviews, seed: int, **changes: object) -> ArticleCode | Harness:
-    """Builds the contender called ``name``: one of ``NAMES``, or a harness variant.
 
-    A variant is ``harness_fast:bucket_window_batches=10`` (any Config fields,
-    joined with ``+``; values are Python literals), e.g. ``lean_lstm=False``
-    for Keras' own LSTM instead of ``trainer.lstm.LeanLSTM``.
+def contender_config(name: str, seed: int, **changes: object) -> Config | None:
+    """The Config of the harness contender called ``name``; None for ``article_code``.
+
+    ``name`` is one of ``NAMES``, or a variant of a harness contender:
+    ``harness_fast:bucket_window_batches=10`` (any Config fields, joined with
+    ``+``; values are Python literals), e.g. ``lean_lstm=False`` for Keras' own
+    LSTM instead of ``trainer.lstm.LeanLSTM``.
 
     Args:
       name: the contender, or ``base:field=value+field=value``.
-      reviews: from ``load_reviews``.
       seed: initialization and shuffling.
       **changes: Config fields applied to every harness contender.
     """
     if name == "article_code":
-        return ArticleCode(reviews, seed)
+        return None
     base, _, spec = name.partition(":")
     if base not in NAMES[1:]:
         raise ValueError(f"Unknown contender {name!r}: use one of {NAMES}, or a variant "
                          "such as harness_fast:bucket_window_batches=10.")
     variant = {key: ast.literal_eval(value)
                for key, value in (item.split("=", 1) for item in spec.split("+") if item)}
-    return Harness(name, reviews, harness_config(base, seed, **{**changes, **variant}))
+    return harness_config(base, seed, **{**changes, **variant})
+
+
+class Isolated:
+    """A contender in a process of its own, driven through a pipe.
+
+    The process starts at once (reading its reviews, building the model) and
+    answers one call at a time, so contenders never run at the same time:
+    ``warm_up``, ``train_epoch``, ``train_epoch_in_memory`` (harness only),
+    ``test_accuracy``, ``settings``.
+    """
+
+    def __init__(self, name: str, splits: data.Splits, seed: int, **changes: object) -> None:
+        contender_config(name, seed, **changes)  # A bad name fails here, not in the child.
+        self.name = name
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, name, splits, seed, changes),
+                                        name=name, daemon=True)
+        self._process.start()
+        child.close()
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda: self._call(method)
+
+    def _call(self, method: str) -> Any:
+        self._conn.send(method)
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.name}'s process died (exit code "
+                               f"{self._process.exitcode}); see its output above.") from None
+        if status != "ok":
+            raise RuntimeError(f"{self.name} failed in its process:\n{value}")
+        return value
+
+    def close(self) -> None:
+        """Stops the process."""
+        if self._process.is_alive():
+            self._conn.send("stop")
+            self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _serve(conn: Connection, name: str, splits: data.Splits, seed: int,
+           changes: dict[str, object]) -> None:
+    """A contender's process: sets TensorFlow up as its users would, then answers calls."""
+    config = contender_config(name, seed, **changes)
+    if config is not None:  # As trainer.main does, before any TensorFlow work.
+        distribute.set_intra_op_threads(distribute.intra_op_threads(
+            config, num_gpus=len(tf.config.list_physical_devices("GPU"))))
+    reviews = vectorize(splits)
+    racer = ArticleCode(reviews, seed) if config is None else Harness(name, reviews, config)
+    while (method := conn.recv()) != "stop":
+        try:
+            conn.send(("ok", getattr(racer, method)()))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:

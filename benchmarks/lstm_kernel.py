@@ -12,6 +12,10 @@ features, 100 units), in two shapes: the article's (500 steps, no mask) and a
 length-bucketed batch (217 steps, right-padded, masked). Every round times each
 layer in turn, inside one ``tf.function`` each; the JSON on stdout holds the
 median examples/s and the median ratio over rounds.
+
+TensorFlow's intra-op threads are set once for the process, to what
+``python -m trainer.main`` uses without a GPU (1, ``--intra_op_threads``);
+``--intra_op_threads=0`` shows TensorFlow's default (one per core).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=10, help="Batches timed per round.")
+    parser.add_argument("--intra_op_threads", type=int, default=1,
+                        help="Threads per op for the whole process (0 = TensorFlow's choice).")
     return parser.parse_args(argv)
 
 
@@ -58,6 +64,7 @@ def training_step(layer: keras.layers.Layer) -> Callable[..., tf.Tensor]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     rng = np.random.default_rng(0)
     layers = {"keras": keras.layers.LSTM(UNITS), "lean_1_chain": LeanLSTM(UNITS, chains=1),
               "lean_2_chains": LeanLSTM(UNITS, chains=2)}
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bucketed_217_steps_masked": (217, tf.constant(np.arange(217) < lengths[:, None])),
     }
     result: dict = {"benchmark": "lstm_kernel", "batch_size": BATCH, "rounds": args.rounds,
-                    "batches_per_round": args.batches}
+                    "batches_per_round": args.batches, "intra_op_threads": args.intra_op_threads}
     for shape_name, (width, mask) in shapes.items():
         inputs = tf.constant(rng.normal(size=(BATCH, width, FEATURES)).astype(np.float32))
         for step in steps.values():

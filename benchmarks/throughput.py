@@ -1,12 +1,14 @@
-"""Training throughput, side by side in one process: the article's code against the harness.
+"""Training throughput, side by side in one run: the article's code against the harness.
 
 Run from the repository's root::
 
     python -m benchmarks.throughput --data_path=../shared/data/aclImdb_v1_labeled.tar.gz
     python -m benchmarks.throughput --quick    # a few hundred reviews, to try it
 
-Every round trains each contender one epoch over the same reviews, in turn, so
-that noise from other work on the machine hits all of them alike; ratios are
+Every contender runs in its own process (``contenders.Isolated``), set up as
+its users would run it. Every round trains each contender one epoch over the
+same reviews, in turn, so that noise from other work on the machine hits all
+of them alike; ratios are
 taken within a round, and the median over rounds is reported. The JSON on
 stdout holds examples/sec, the speed-up over the article's code, the LSTM's
 achieved GFLOP/s against a dense matmul timed in the same run, and whether the
@@ -22,7 +24,6 @@ import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
-import tensorflow as tf
 
 from benchmarks import contenders
 from benchmarks.contenders import log
@@ -55,15 +56,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     names = args.contenders.split(",")
     log(f"loading {args.train_reviews or 'all'} training reviews from {args.data_path}")
-    reviews = contenders.load_reviews(args.data_path, args.train_reviews, 2, args.seed)
+    splits = contenders.load_splits(args.data_path, args.train_reviews, 2, args.seed)
     changes = {"steps_per_loop": args.steps_per_loop} if args.steps_per_loop else {}
-    racers = [contenders.make(name, reviews, args.seed, **changes) for name in names]
-    peak = contenders.matmul_gflops()
+    racers = [contenders.Isolated(name, splits, args.seed, **changes) for name in names]
+    try:
+        return _race(racers, args, len(splits.train))
+    finally:
+        for racer in racers:
+            racer.close()
+
+
+def _race(racers: list[contenders.Isolated], args: argparse.Namespace, train_reviews: int) -> dict:
     for racer in racers:
         log(f"warming up {racer.name}")
         racer.warm_up()
+    # This process runs at TensorFlow's default threads (all cores), while the contenders wait.
+    peak = contenders.matmul_gflops()
     fast = next((r for r in racers if r.name == "harness_fast"), None)
-    in_memory = _in_memory_batches(fast) if fast else None
 
     epochs: dict[str, list[contenders.Epoch]] = {r.name: [] for r in racers}
     for round_index in range(args.rounds):
@@ -72,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             epochs[racer.name].append(epoch)
             log(f"round {round_index + 1}/{args.rounds} {racer.name}: "
                 f"{epoch.examples_per_sec:.0f} examples/s, {epoch.seconds:.1f} s")
-        if in_memory is not None:
-            epoch = fast.train_epoch(in_memory)
+        if fast is not None:
+            epoch = fast.train_epoch_in_memory()
             epochs.setdefault("harness_fast_in_memory", []).append(epoch)
             log(f"round {round_index + 1}/{args.rounds} harness_fast from memory: "
                 f"{epoch.examples_per_sec:.0f} examples/s")
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "throughput",
-        "train_reviews": len(reviews.splits.train),
+        "train_reviews": train_reviews,
         "rounds": args.rounds,
         "batch_size": 64,
         "matmul_2048_gflops": round(peak, 1),
@@ -93,20 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["speedup_vs_article_code"] = {
             name: _median_ratio(runs, epochs["article_code"])
             for name, runs in epochs.items() if name != "article_code"}
-    if in_memory is not None:
+    if fast is not None:
         result["input_pipeline_vs_in_memory"] = _median_ratio(
             epochs["harness_fast"], epochs["harness_fast_in_memory"])
-    result["settings"] = {r.name: _settings(r) for r in racers}
+    result["settings"] = {r.name: r.settings() for r in racers}
     print(json.dumps(result, indent=2))
     return result
-
-
-def _in_memory_batches(fast: contenders.Harness) -> tf.data.Dataset:
-    """One epoch of harness_fast's batches, materialized in memory: no input work left."""
-    batches = fast.epoch_batches(epoch=10_000).cache()  # An epoch the rounds never use.
-    for _ in batches:  # Fill the cache.
-        pass
-    return batches
 
 
 def _summary(runs: list[contenders.Epoch], peak: float) -> dict:
@@ -127,19 +128,6 @@ def _median_ratio(runs: list[contenders.Epoch], baseline: list[contenders.Epoch]
     return round(statistics.median(
         run.examples_per_sec / base.examples_per_sec
         for run, base in zip(runs, baseline, strict=True)), 3)
-
-
-def _settings(racer: contenders.ArticleCode | contenders.Harness) -> dict:
-    if isinstance(racer, contenders.ArticleCode):
-        return {"padding": "pre", "max_len": racer.max_len, "mask": False, "batch_size": 64,
-                "loop": "model.fit on NumPy arrays"}
-    config = racer.config
-    return {"padding": config.padding, "max_len": config.max_len, "mask": config.uses_mask,
-            "bucket_by_length": config.bucket_by_length,
-            "bucket_window_batches": config.bucket_window_batches,
-            "batch_size": config.batch_size, "steps_per_loop": config.steps_per_loop,
-            "lstm": "trainer.lstm.LeanLSTM" if config.lean_lstm else "keras.layers.LSTM",
-            "loop": "trainer.loop.Loop.train_steps"}
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""Time to a target test accuracy on the full data, side by side in one process.
+"""Time to a target test accuracy on the full data, side by side in one run.
 
 Run from the repository's root (about 15 minutes on 2 CPU cores)::
 
     nohup python -m benchmarks.time_to_accuracy \\
         --data_path=../shared/data/aclImdb_v1_labeled.tar.gz > /tmp/tta.json &
 
-Each contender trains on all 25,000 training reviews and is tested on all
+Each contender runs in its own process (``contenders.Isolated``), set up as its
+users would run it, and trains on all 25,000 training reviews and is tested on all
 25,000 test reviews after every epoch. The contenders take turns epoch by epoch,
 so that noise from other work on the machine falls on all of them alike. A
 contender stops once it has reached ``--target_accuracy`` and trained at least
@@ -27,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C
 
 from benchmarks import contenders
 from benchmarks.contenders import log
+from trainer import data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,21 +62,29 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     # The reviews (subsets, vocabulary) stay fixed; seeds vary the training only.
-    reviews = contenders.load_reviews(args.data_path, args.train_reviews, args.test_reviews,
-                                      seed=42)
-    log(f"{len(reviews.splits.train)} train and {len(reviews.splits.test)} test reviews, "
-        f"loaded and vectorized in {time.perf_counter() - start:.0f} s")
+    splits = contenders.load_splits(args.data_path, args.train_reviews, args.test_reviews,
+                                    seed=42)
+    log(f"{len(splits.train)} train and {len(splits.test)} test reviews, "
+        f"loaded in {time.perf_counter() - start:.0f} s")
     per_seed = {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        per_seed[seed] = _race(reviews, seed, args)
+        per_seed[seed] = _race(splits, seed, args)
     result = per_seed[seed] if len(per_seed) == 1 else _over_seeds(per_seed, args)
     print(json.dumps(result, indent=2))
     return result
 
 
-def _race(reviews: contenders.Reviews, seed: int, args: argparse.Namespace) -> dict:
+def _race(splits: data.Splits, seed: int, args: argparse.Namespace) -> dict:
     """One race: every contender from scratch with ``seed``, epoch by epoch in turn."""
-    racers = [contenders.make(name, reviews, seed) for name in args.contenders.split(",")]
+    racers = [contenders.Isolated(name, splits, seed) for name in args.contenders.split(",")]
+    try:
+        return _epochs(racers, seed, args)
+    finally:
+        for racer in racers:
+            racer.close()
+
+
+def _epochs(racers: list[contenders.Isolated], seed: int, args: argparse.Namespace) -> dict:
     runs = {racer.name: _Run() for racer in racers}
     for epoch in range(1, args.max_epochs + 1):
         for racer in racers:
