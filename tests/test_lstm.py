@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from trainer import model
 from trainer.config import Config
-from trainer.lstm import LeanLSTM
+from trainer.lstm import LeanLSTM, lstm_last_state
 
 BATCH, STEPS, FEATURES, UNITS = 5, 9, 32, 100
 
@@ -158,3 +158,18 @@ def test_returned_cell_state_and_its_gradient_equal_keras(padding):
              "d bias"]
     for name, want, got in zip(names, *results, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_a_batch_of_empty_reviews_returns_the_initial_state():
+    _, lean = twin_layers()
+    inputs = np.zeros((BATCH, STEPS, FEATURES), np.float32)
+    output, *grads = output_and_gradients(lean, inputs, np.zeros((BATCH, STEPS), bool),
+                                          training=True)
+    np.testing.assert_array_equal(output, np.zeros((BATCH, UNITS), np.float32))
+    assert all(np.isfinite(g).all() for g in grads)
+    # No steps at all (Keras' layer refuses those before the recurrence is reached).
+    state = tf.random.stateless_normal([BATCH, UNITS], seed=[1, 2])
+    h, c = lstm_last_state(tf.zeros([BATCH, 0, FEATURES]), state, -state, None,
+                           *[tf.constant(w) for w in lean.get_weights()], chains=2)
+    np.testing.assert_array_equal(h, state)
+    np.testing.assert_array_equal(c, -state)

@@ -151,11 +151,12 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
     for chain in _split_rows(chains, tf.shape(inputs)[0], inputs=time_major, h0=h0, c0=c0,
                              lengths=lengths):
         # [time + 1, rows, units]: the initial state, then the state after every step.
+        # BlockLSTM needs a step and a row: its gradient is garbage for no rows.
         every_h, every_c = tf.cond(
-            tf.shape(chain["h0"])[0] > 0,  # BlockLSTM's gradient is garbage for no rows.
+            tf.reduce_all(tf.shape(chain["inputs"])[:2] > 0),
             lambda chain=chain: _block_lstm(chain["inputs"], chain["h0"], chain["c0"],
                                             weights, bias),
-            lambda chain=chain: (tf.zeros_like(chain["h0"])[None],) * 2)
+            lambda chain=chain: (chain["h0"][None], chain["c0"][None]))
         if chain["lengths"] is None:
             hs.append(every_h[-1])
             cs.append(every_c[-1])
