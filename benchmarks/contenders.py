@@ -265,10 +265,10 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
 class Isolated:
     """A contender in a process of its own, driven through a pipe.
 
-    The process starts at once (reading its reviews, building the model) and
-    answers one call at a time, so contenders never run at the same time:
-    ``warm_up``, ``train_epoch``, ``train_epoch_in_memory`` (harness only),
-    ``test_accuracy``, ``settings``.
+    The process starts at once (vectorizing its reviews, building the model)
+    and answers one call at a time, so contenders never train at the same
+    time. The methods are those of ``ArticleCode`` and ``Harness``;
+    ``train_epoch_in_memory`` is the harness's only.
     """
 
     def __init__(self, name: str, splits: data.Splits, seed: int, **changes: object) -> None:
@@ -281,10 +281,20 @@ class Isolated:
         self._process.start()
         child.close()
 
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return lambda: self._call(method)
+    def warm_up(self) -> None:
+        self._call("warm_up")
+
+    def train_epoch(self) -> Epoch:
+        return self._call("train_epoch")
+
+    def train_epoch_in_memory(self) -> Epoch:
+        return self._call("train_epoch_in_memory")
+
+    def test_accuracy(self) -> float:
+        return self._call("test_accuracy")
+
+    def settings(self) -> dict:
+        return self._call("settings")
 
     def _call(self, method: str) -> Any:
         self._conn.send(method)

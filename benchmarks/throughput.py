@@ -8,11 +8,11 @@ Run from the repository's root::
 Every contender runs in its own process (``contenders.Isolated``), set up as
 its users would run it. Every round trains each contender one epoch over the
 same reviews, in turn, so that noise from other work on the machine hits all
-of them alike; ratios are
-taken within a round, and the median over rounds is reported. The JSON on
-stdout holds examples/sec, the speed-up over the article's code, the LSTM's
-achieved GFLOP/s against a dense matmul timed in the same run, and whether the
-input pipeline keeps up (real pipeline vs the same batches held in memory).
+of them alike; ratios are taken within a round, and the median over rounds is
+reported. The JSON on stdout holds examples/sec, the speed-up over the
+article's code, the LSTM's achieved GFLOP/s against a dense matmul timed in
+the same run, and whether the input pipeline keeps up (real pipeline vs the
+same batches held in memory).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
-
 
 from benchmarks import contenders
 from benchmarks.contenders import log

@@ -26,7 +26,7 @@ class Config:
     tokens) trained the fast way: reviews grouped by length, right-padded and
     masked, the gradient's norm clipped at 0.25, the embedding's gradient
     handed to Adam dense, and on a CPU the LSTM's fused recurrence with one
-    thread per op. In ``benchmarks/`` that trained 4.2x the article's
+    thread per op. In ``benchmarks/`` that trained 4.2-4.4x the article's
     examples/s and reached its test accuracy in fewer epochs.
     ``--article_settings`` restores the article's exact recipe (pre-padding to
     500, no mask, no clipping, sparse embedding gradient, Keras' own LSTM).

@@ -248,6 +248,10 @@ def intra_op_threads(config: Config, num_gpus: int) -> int:
     steps; letting every step's matmul split across the cores as well only
     makes the recurrences wait for each other.
 
+    Args:
+      config: intra_op_threads (None for this default) and lean_lstm.
+      num_gpus: GPUs the run will use; with any, the LSTM runs on cuDNN.
+
     Returns:
       A thread count for TensorFlow's intra-op pool; 0 leaves TensorFlow's own choice.
     """

@@ -94,7 +94,8 @@ def cpu_lstm_kernel(model: keras.Model) -> str:
     """Which recurrence the LSTM runs without a GPU: ``LeanLSTM``'s or Keras' generic one."""
     lstm = model.get_layer(LSTM_LAYER_NAME)
     if isinstance(lstm, LeanLSTM) and lstm.runs_lean(training=True):
+        threads = tf.config.threading.get_intra_op_parallelism_threads()
         return (f"LeanLSTM's fused BlockLSTM ({lstm.chains_used} chain(s), "
-                f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
-                "intra-op thread(s))")
+                + (f"{threads} intra-op thread(s))" if threads
+                   else "TensorFlow's default intra-op threads)"))
     return "Keras' generic loop"
