@@ -1,12 +1,12 @@
 """Time to a target test accuracy on the full data, side by side in one run.
 
-Run from the repository's root (about 15 minutes on 2 CPU cores)::
+Run from the repository's root (about 13 minutes per seed on 2 CPU cores)::
 
     nohup python -m benchmarks.time_to_accuracy \\
         --data_path=../shared/data/aclImdb_v1_labeled.tar.gz > /tmp/tta.json &
 
 Each contender runs in its own process (``contenders.Isolated``), set up as its
-users would run it, and trains on all 25,000 training reviews and is tested on all
+users would run it. It trains on all 25,000 training reviews and is tested on all
 25,000 test reviews after every epoch. The contenders take turns epoch by epoch,
 so that noise from other work on the machine falls on all of them alike. A
 contender stops once it has reached ``--target_accuracy`` and trained at least

@@ -100,7 +100,6 @@ class LeanLSTM(keras.layers.LSTM):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         dtype = self.compute_dtype
-
         h, c = lstm_last_state(
             sequences, initial_state[0], initial_state[1], mask,
             kernel=keras.ops.cast(self.cell.kernel, dtype),

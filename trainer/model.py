@@ -34,7 +34,7 @@ def build(config: Config) -> keras.Model:
                                    mask_zero=config.uses_mask, name="embedding"),
             # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
             # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
-            # LeanLSTM's CPU loop needs the same settings (LeanLSTM.runs_lean).
+            # LeanLSTM's fused CPU op needs the same settings (LeanLSTM.runs_lean).
             (LeanLSTM if config.lean_lstm else keras.layers.LSTM)(config.lstm_units,
                                                                   name=LSTM_LAYER_NAME),
             # Under mixed precision the sigmoid and the loss must stay float32.
