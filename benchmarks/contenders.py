@@ -13,7 +13,8 @@ contender at a time, and collects the timings.
 - ``harness_article``: the harness's pipeline and loop under ``--article_settings``
   (pre-padding to 500, no mask, batch 64).
 - ``harness_fast``: the harness under ``--fast_settings`` (today's defaults: length
-  bucketing, right padding, mask, clipping, a dense embedding gradient, LeanLSTM)
+  bucketing, right padding, mask, clipping, a dense embedding gradient, the
+  weights' moving average, LeanLSTM)
   with ``--steps_per_loop=20``.
 
 Both harness contenders run ``trainer.data.batches`` and ``Loop.train_steps``,
@@ -225,7 +226,9 @@ class Harness:
         return self.train_epoch(self._in_memory)
 
     def test_accuracy(self) -> float:
-        return self.loop.evaluate(self.test, "test")["test/accuracy"]
+        """Of the weights ``trainer.main`` would keep now: the moving average, if on."""
+        with self.loop.averaged_weights():
+            return self.loop.evaluate(self.test, "test")["test/accuracy"]
 
     def settings(self) -> dict:
         config = self.config
@@ -233,6 +236,7 @@ class Harness:
                 "bucket_by_length": config.bucket_by_length,
                 "bucket_window_batches": config.bucket_window_batches,
                 "batch_size": config.batch_size, "steps_per_loop": config.steps_per_loop,
+                "ema_momentum": config.ema_momentum,
                 "lstm": "trainer.lstm.LeanLSTM" if config.lean_lstm else "keras.layers.LSTM",
                 "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                 "loop": "trainer.loop.Loop.train_steps"}

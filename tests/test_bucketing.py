@@ -196,11 +196,13 @@ def test_the_fast_settings_are_the_default_and_the_articles_one_flag_away(monkey
     default = parse("--model_dir=/tmp/x")
     assert (default.padding, default.bucket_by_length, default.uses_mask) == ("post", True, True)
     assert default.clip_norm == 0.25 and default.dense_embedding_gradient and default.lean_lstm
+    assert default.ema_momentum == 0.99
     assert parse("--fast_settings", "--model_dir=/tmp/x") == default.replace(fast_settings=True)
     article = parse("--article_settings", "--model_dir=/tmp/x")
     assert (article.padding, article.max_len, article.batch_size) == ("pre", 500, 64)
     assert not article.bucket_by_length and not article.uses_mask and article.clip_norm == 0
     assert not article.dense_embedding_gradient and not article.lean_lstm
+    assert article.ema_momentum == 0
     assert parse("--article_settings", "--clip_norm=1", "--model_dir=/tmp/x").clip_norm == 1
     assert parse("--fast_settings", "--padding=pre", "--model_dir=/tmp/x").padding == "pre"
     both = parse("--fast_settings", "--smoke_test", "--model_dir=/tmp/x")

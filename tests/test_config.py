@@ -40,6 +40,8 @@ def test_defaults_are_the_articles_model():
     ({"max_train_examples": -5}, "--max_train_examples=-5"),
     ({"learning_rate": 0.0}, "--learning_rate=0.0"),
     ({"clip_norm": -1.0}, "--clip_norm=-1.0"),
+    ({"ema_momentum": 1.0}, "--ema_momentum=1.0"),
+    ({"ema_momentum": -0.5}, "--ema_momentum=-0.5"),
     ({"profile_steps": "5"}, "--profile_steps='5'"),
     ({"profile_steps": "9,3"}, "--profile_steps='9,3'"),
     ({"intra_op_threads": -1}, "--intra_op_threads=-1"),

@@ -108,6 +108,40 @@ def test_early_stopping_keeps_the_best_epochs_weights(tmp_path):
     assert restored["val/loss"] == pytest.approx(best["val/loss"], rel=1e-4)
 
 
+def test_the_kept_weights_are_the_validated_average_and_training_follows_the_raw_ones(tmp_path):
+    config = tiny_config(epochs=2, learning_rate=0.05)
+    assert config.ema_momentum == 0.99  # The default.
+    trainer, managers = make_loop(config, str(tmp_path))
+    recorder = Recorder()
+    datasets = tiny_datasets(config)
+    trainer.fit(datasets, recorder, *managers)
+    kept = trainer.evaluate(datasets.validation, "val")["val/loss"]
+    assert kept == pytest.approx(recorder.epochs[-1]["val/loss"], rel=1e-5)
+
+    # The training state holds the weights training follows, and the average beside them.
+    resumed, _ = make_loop(config, str(tmp_path / "unused"))
+    resumed.checkpoint.restore(tf.train.latest_checkpoint(str(tmp_path)))
+    raw = resumed.evaluate(datasets.validation, "val")["val/loss"]
+    assert raw != pytest.approx(kept, rel=1e-3)
+    with resumed.averaged_weights():
+        assert resumed.evaluate(datasets.validation, "val")["val/loss"] == pytest.approx(
+            kept, rel=1e-5)
+    assert resumed.evaluate(datasets.validation, "val")["val/loss"] == raw
+
+
+def test_without_the_average_the_kept_weights_are_the_last_steps(tmp_path):
+    config = tiny_config(epochs=2, learning_rate=0.05, ema_momentum=0.0)
+    trainer, managers = make_loop(config, str(tmp_path))
+    datasets = tiny_datasets(config)
+    trainer.fit(datasets, Recorder(), *managers)
+    last = [v.numpy() for v in trainer.model.trainable_variables]
+    resumed, _ = make_loop(config, str(tmp_path / "unused"))
+    resumed.checkpoint.restore(tf.train.latest_checkpoint(str(tmp_path)))
+    with resumed.averaged_weights():
+        for variable, value in zip(resumed.model.trainable_variables, last, strict=True):
+            np.testing.assert_array_equal(variable.numpy(), value)
+
+
 def test_nan_loss_stops_at_once_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
     config = tiny_config(epochs=3)
     trainer, managers = make_loop(config, str(tmp_path))

@@ -10,11 +10,12 @@ history) all lives in one ``tf.train.Checkpoint``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import keras
@@ -145,6 +146,26 @@ class Loop:
         """
         return self._train_steps(iterator, tf.constant(num_steps))
 
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Within it, the model holds its weights' moving average (``--ema_momentum``).
+
+        What validation, the best-epoch checkpoint and ``benchmarks/`` measure.
+        Leaving it puts back the weights training follows. Without the average
+        it changes nothing.
+        """
+        if not self.config.ema_momentum:
+            yield
+            return
+        variables = self.model.trainable_variables
+        trained = [tf.identity(variable.value) for variable in variables]
+        self.optimizer.finalize_variable_values(variables)  # Keras: the average, on every replica.
+        try:
+            yield
+        finally:
+            for variable, value in zip(variables, trained, strict=True):
+                variable.assign(value)
+
     # --- Compiled functions -------------------------------------------------------------
 
     def _make_train_steps(self) -> Callable[[Any, tf.Tensor], tf.Tensor]:
@@ -221,6 +242,10 @@ class Loop:
             best_manager: tf.train.CheckpointManager | None) -> FitResult:
         """Trains until --epochs or early stopping, from wherever the checkpoint left off.
 
+        Afterwards the model holds the weights to keep: the best validation
+        epoch's with early stopping, else the last epoch's; the moving average
+        of either with ``--ema_momentum``.
+
         Args:
           datasets: encoded splits.
           reporter: receives progress lines and summaries.
@@ -292,8 +317,9 @@ class Loop:
                        "train/examples_per_sec": examples / max(seconds, 1e-9),
                        "train/epoch_seconds": seconds}
             if datasets.validation is not None:
-                metrics.update(self.evaluate(datasets.validation, "val"))
-                self._track_best(epoch, metrics["val/loss"], best_manager)
+                with self.averaged_weights():
+                    metrics.update(self.evaluate(datasets.validation, "val"))
+                    self._track_best(epoch, metrics["val/loss"], best_manager)
             history = json.loads(self.history.numpy().decode())
             history.append({"epoch": epoch, "step": self.step, **metrics})
             self.history.assign(json.dumps(history))
@@ -303,8 +329,11 @@ class Loop:
             reporter.epoch_end(self.step, epoch, metrics)
         stopped_early = self._should_stop()
         if best_manager is not None and best_manager.latest_checkpoint:
-            # Early stopping keeps the best epoch's weights, not the last one's.
+            # Early stopping keeps the best epoch's weights (averaged, if so), not the last.
             self.best_weights.restore(best_manager.latest_checkpoint).expect_partial()
+        elif self.config.ema_momentum:
+            # The last epoch's average, as model.fit keeps it with use_ema.
+            self.optimizer.finalize_variable_values(self.model.trainable_variables)
         return FitResult(
             epochs_completed=int(self.epoch), train_steps=self.step,
             train_examples_per_sec=train_examples / train_seconds if train_seconds else 0.0,

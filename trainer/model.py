@@ -45,11 +45,15 @@ def build(config: Config) -> keras.Model:
 
 
 def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
-    """Adam at ``learning_rate``; wrapped in loss scaling under mixed_float16.
+    """Adam at ``learning_rate``, keeping the weights' moving average if ``ema_momentum``.
 
-    Call inside ``strategy.scope()`` after the dtype policy is set.
+    Wrapped in loss scaling under mixed_float16. Call inside ``strategy.scope()``
+    after the dtype policy is set. ``trainer.loop.Loop.averaged_weights`` puts
+    the average in the model.
     """
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    optimizer = keras.optimizers.Adam(
+        learning_rate=config.learning_rate, use_ema=bool(config.ema_momentum),
+        ema_momentum=config.ema_momentum)
     if keras.config.dtype_policy().name == "mixed_float16":
         # float16 gradients underflow without it; bfloat16 has float32's range.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
