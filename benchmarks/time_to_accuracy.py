@@ -1,6 +1,6 @@
 """Time to a target test accuracy on the full data, side by side in one run.
 
-Run from the repository's root (about 13 minutes per seed on 2 CPU cores)::
+Run from the repository's root (about 10-13 minutes per seed on 2 CPU cores)::
 
     nohup python -m benchmarks.time_to_accuracy \\
         --data_path=../shared/data/aclImdb_v1_labeled.tar.gz > /tmp/tta.json &
