@@ -159,8 +159,8 @@ flags.DEFINE_bool(
     "The article's exact recipe: every review pre-padded and pre-truncated to --max_len=500, "
     "no mask, no length bucketing, no gradient clipping, Adam 1e-3 on the sparse embedding "
     "gradient as model.fit gives it, the last weights (no average), Keras' own LSTM layer, "
-    "batch 64. About a quarter of the "
-    "defaults' speed on a CPU. Flags given explicitly still win over the preset.")
+    "batch 64. About a quarter of the defaults' speed on a CPU. Flags given explicitly still "
+    "win over the preset.")
 flags.DEFINE_bool(
     "fast_settings", _D.fast_settings,
     "Pin today's defaults: length bucketing with right padding and a mask "
