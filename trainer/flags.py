@@ -174,8 +174,8 @@ flags.DEFINE_bool(
     "sequences, few epochs. Flags given explicitly still win over the preset.")
 
 # A preset, not a separate code path: the smoke test runs the same job on less data. Its
-# weight average spans about the last 10 of its 168 steps, as 0.99's 100 steps are a small
-# part of a full run's 1,000 and more (0.99 here averaged in the first epoch's weights).
+# weight average spans about its last 10 of 168 steps; the default's 100 (a small part of
+# a full run's 1,000 and more) would reach back into its first epoch.
 SMOKE_TEST_PRESET = {
     "max_train_examples": 4000,
     "max_test_examples": 2000,
