@@ -13,12 +13,17 @@ One batch's journey::
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import lzma
 import os
 import re
 import string
 import tarfile
+import zipfile
+import zlib
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import keras
 import numpy as np
@@ -38,14 +43,53 @@ _LAYOUT_HINT = ("expected the aclImdb layout: aclImdb/{train,test}/{pos,neg}/<id
                 "(the official aclImdb_v1.tar.gz or the labeled part of it)")
 _ENCODE_BATCH = 1024  # Reviews vectorized per TextVectorization call.
 
+# Reviews are cut on read to what --max_len tokens can use, so that one huge review costs
+# no more memory than a long one. A token is a word of the standardized text; 64 characters
+# per token is far more than a word and the spaces and punctuation around it take.
+_CHARS_PER_TOKEN = 64
+# Never keep less than this: the longest real IMDB review is under 14,000 characters, so
+# none of them is ever cut and the vocabulary still counts every word of every one.
+_MIN_KEPT_CHARS = 32_768
+_READ_CHUNK = 1 << 20  # Bytes of a review read at a time: a huge one is never held whole.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # A zip's first bytes (an empty zip's too).
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+@dataclasses.dataclass(frozen=True)
+class TextLimit:
+    """How much of each review to keep on read.
+
+    Attributes:
+      chars: characters kept; 0 keeps the whole review.
+      from_end: keep the last ``chars`` (``--padding=pre`` keeps a review's
+        last tokens) instead of the first.
+    """
+
+    chars: int = 0
+    from_end: bool = False
+
+    def cut(self, text: str) -> str:
+        """``text``, or its first (last) ``chars`` characters if it is longer."""
+        if not self.chars or len(text) <= self.chars:
+            return text
+        return text[-self.chars:] if self.from_end else text[:self.chars]
+
+
+def text_limit(config: Config) -> TextLimit:
+    """What --max_len tokens, truncated on the --padding side, can use of a review."""
+    return TextLimit(max(_MIN_KEPT_CHARS, config.max_len * _CHARS_PER_TOKEN),
+                     from_end=config.padding == "pre")
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
     """Reviews of one split and their labels (1 = positive).
 
     Attributes:
-      reviews: object array of review strings, or of int32 token-id arrays for a
-        pre-tokenized source (keras_npz).
+      reviews: object array of review strings (never a fixed-width ``str``
+        array, which would be as wide as the longest review), or of int32
+        token-id arrays for a pre-tokenized source (keras_npz).
       labels: int32 array of 0 (negative) and 1 (positive), one per review.
     """
 
@@ -86,9 +130,9 @@ def load(config: Config) -> Splits:
     """
     source = config.data_source_resolved
     if source == "aclimdb":
-        train, test = read_aclimdb(config.data_path)
+        train, test = read_aclimdb(config.data_path, text_limit(config))
     elif source == "tfds":
-        train, test = read_tfds(config.tfds_data_dir)
+        train, test = read_tfds(config.tfds_data_dir, text_limit(config))
     else:
         train, test = read_keras_npz(config.data_path)
     rng = np.random.default_rng(config.seed)
@@ -101,7 +145,7 @@ def load(config: Config) -> Splits:
 
 # --- Sources ------------------------------------------------------------------------------
 
-def read_aclimdb(path: str) -> tuple[Split, Split]:
+def read_aclimdb(path: str, limit: TextLimit = TextLimit()) -> tuple[Split, Split]:
     """Reads the labeled reviews of an aclImdb folder or .tar.gz, in place.
 
     An archive is streamed from disk and nothing is extracted, so nothing is
@@ -111,24 +155,24 @@ def read_aclimdb(path: str) -> tuple[Split, Split]:
 
     Args:
       path: an ``aclImdb`` folder, a folder holding one, or a ``.tar.gz``.
+      limit: how much of each review to keep (default: all of it).
 
     Returns:
       (train, test), each sorted by split, label and file name so that the
       folder and the archive give the same order.
+
+    Raises:
+      UserError: the path is missing, not an aclImdb folder or readable tar
+        archive, lacks a class, or a review is not UTF-8; in one line.
     """
     if not path:
         raise UserError("--data_source=aclimdb needs --data_path: an aclImdb folder or .tar.gz.")
     if not os.path.exists(path):
         raise UserError(f"--data_path={path} does not exist; point it at an aclImdb folder or "
                         "the aclImdb_v1.tar.gz archive.")
-    files = _read_folder(path) if os.path.isdir(path) else _read_archive(path)
-    splits = {"train": [], "test": []}
-    for name, split, label, data in sorted(files, key=lambda item: item[:3]):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise UserError(f"{path}: review {name} is not valid UTF-8 ({error.reason} at byte "
-                            f"{error.start}); re-encode it as UTF-8 or delete it.") from None
+    reader = _read_folder if os.path.isdir(path) else _read_archive
+    splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for _, split, label, text in sorted(reader(path, limit), key=lambda item: item[:3]):
         splits[split].append((text, _LABELS[label]))
     for split, items in splits.items():
         labels = {label for _, label in items}
@@ -136,13 +180,47 @@ def read_aclimdb(path: str) -> tuple[Split, Split]:
             raise UserError(f"--data_path={path} has no {split} reviews of both classes; "
                             f"{_LAYOUT_HINT}.")
     return tuple(  # type: ignore[return-value]
-        Split(np.array([text for text, _ in items], dtype=object),
+        Split(_object_array([text for text, _ in items]),
               np.array([label for _, label in items], dtype=np.int32))
         for items in (splits["train"], splits["test"]))
 
 
-def _read_folder(root: str) -> Iterator[tuple[str, str, str, bytes]]:
-    """Yields (name, split, label, bytes) for every labeled review under ``root``."""
+def _object_array(items: list) -> np.ndarray:
+    """A 1-D object array of ``items``; ``np.array`` would make strings fixed-width."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def _read_text(stream: BinaryIO, limit: TextLimit, path: str, name: str) -> str:
+    """Decodes one review as UTF-8 a chunk at a time, keeping ``limit``'s characters.
+
+    Every byte is checked, but at most a chunk and the kept characters are held,
+    so a review of any size costs no more than a long one.
+
+    Raises:
+      UserError: the review is not valid UTF-8 (the message names the byte).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    kept, offset = "", 0
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        pending = len(decoder.getstate()[0])  # Bytes of a character cut by the last chunk.
+        try:
+            text = decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: review {name} is not valid UTF-8 ({error.reason} at byte "
+                            f"{offset - pending + error.start}); re-encode it as UTF-8 or "
+                            "delete it.") from None
+        offset += len(chunk)
+        if text:
+            kept = limit.cut(kept + text)
+        if not chunk:
+            return kept
+
+
+def _read_folder(root: str, limit: TextLimit) -> Iterator[tuple[str, str, str, str]]:
+    """Yields (name, split, label, text) for every labeled review under ``root``."""
     candidates = [root, os.path.join(root, "aclImdb")]
     base = next((c for c in candidates if os.path.isdir(os.path.join(c, "train"))), None)
     if base is None:
@@ -155,23 +233,24 @@ def _read_folder(root: str) -> Iterator[tuple[str, str, str, bytes]]:
             for name in os.listdir(folder):
                 if name.endswith(".txt"):
                     file_path = os.path.join(folder, name)
+                    key = f"{split}/{label}/{name}"
                     try:
                         with open(file_path, "rb") as f:
-                            data = f.read()
+                            text = _read_text(f, limit, root, key)
                     except OSError as error:
                         raise UserError(f"cannot read review {file_path}: {error.strerror}; "
                                         "check its permissions.") from None
-                    yield f"{split}/{label}/{name}", split, label, data
+                    yield key, split, label, text
 
 
-def _read_archive(path: str) -> Iterator[tuple[str, str, str, bytes]]:
-    """Yields (name, split, label, bytes) for every labeled review in a tar archive."""
-    try:
-        archive = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the with below)
-    except (tarfile.TarError, OSError) as error:
-        raise UserError(f"--data_path={path} is not a readable .tar.gz archive ({error}); "
-                        "download aclImdb_v1.tar.gz again or point at an unpacked "
-                        "folder.") from None
+# What reading a damaged tar archive raises: tarfile's own errors, and those of the
+# gzip, bz2 and xz streams under it (a cut stream ends in EOFError).
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _read_archive(path: str, limit: TextLimit) -> Iterator[tuple[str, str, str, str]]:
+    """Yields (name, split, label, text) for every labeled review in a tar archive."""
+    archive = _open_archive(path)
     with archive:
         try:
             for member in archive:
@@ -184,15 +263,51 @@ def _read_archive(path: str) -> Iterator[tuple[str, str, str, bytes]]:
                 if not match or not member.isfile():
                     continue
                 split, label, file_name = match.groups()
-                data = archive.extractfile(member).read()  # type: ignore[union-attr]
-                yield f"{split}/{label}/{file_name}", split, label, data
-        except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as error:
-            raise UserError(f"--data_path={path} is truncated or corrupt ({error}); "
+                key = f"{split}/{label}/{file_name}"
+                stream = archive.extractfile(member)
+                yield key, split, label, _read_text(stream, limit, path, key)  # type: ignore[arg-type]
+        except (*_TAR_ERRORS, UnicodeDecodeError) as error:
+            raise UserError(f"--data_path={path} is truncated or corrupt ({_one_line(error)}); "
                             "download it again.") from None
 
 
-def read_tfds(data_dir: str) -> tuple[Split, Split]:
-    """Reads ``imdb_reviews`` (plain_text) through tensorflow-datasets."""
+def _open_archive(path: str) -> tarfile.TarFile:
+    """Opens a (compressed) tar archive for streaming, or says in one line why it is none."""
+    hint = "download aclImdb_v1.tar.gz again or point at an unpacked aclImdb folder."
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as error:
+        raise UserError(f"cannot read --data_path={path}: {error.strerror}.") from None
+    if not magic:
+        raise UserError(f"--data_path={path} is an empty file; {hint}")
+    if magic in _ZIP_MAGIC:
+        also = " (for a Keras imdb.npz add --data_source=keras_npz)" if path.endswith(
+            ".npz") else ""
+        raise UserError(f"--data_path={path} is a .zip, not a .tar.gz{also}; unzip it and pass "
+                        "the aclImdb folder, or pass the aclImdb_v1.tar.gz archive.")
+    try:
+        return tarfile.open(path, "r:*")
+    except tarfile.ReadError:  # Its message lists every compression tried, one per line.
+        raise UserError(f"--data_path={path} is not a readable .tar.gz archive (nor a gzip, "
+                        f"bzip2, xz or plain tar one); {hint}") from None
+    except _TAR_ERRORS as error:
+        raise UserError(f"--data_path={path} is not a readable .tar.gz archive "
+                        f"({_one_line(error)}); {hint}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line, at most 200 characters."""
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+def read_tfds(data_dir: str, limit: TextLimit = TextLimit()) -> tuple[Split, Split]:
+    """Reads ``imdb_reviews`` (plain_text) through tensorflow-datasets.
+
+    Args:
+      data_dir: tensorflow-datasets' data folder; empty for its default.
+      limit: how much of each review to keep (default: all of it).
+    """
     import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
 
     try:
@@ -207,10 +322,16 @@ def read_tfds(data_dir: str) -> tuple[Split, Split]:
 
     def to_split(ds: tf.data.Dataset) -> Split:
         texts, labels = [], []
-        for text, label in tfds.as_numpy(ds):
-            texts.append(text.decode("utf-8"))
-            labels.append(label)
-        return Split(np.array(texts, dtype=object), np.array(labels, dtype=np.int32))
+        try:
+            for text, label in tfds.as_numpy(ds):
+                texts.append(limit.cut(text.decode("utf-8", errors="replace")))
+                labels.append(label)
+        except tf.errors.OpError as error:  # A damaged record file of the prepared dataset.
+            raise UserError(f"tensorflow-datasets' imdb_reviews files are damaged "
+                            f"({_one_line(error)}); delete imdb_reviews under "
+                            f"{data_dir or '~/tensorflow_datasets'} and download it again.") \
+                from None
+        return Split(_object_array(texts), np.array(labels, dtype=np.int32))
 
     return to_split(train_ds), to_split(test_ds)
 
@@ -220,29 +341,73 @@ def read_keras_npz(path: str) -> tuple[Split, Split]:
 
     Ids become ``[1] + [rank + 3 ...]`` (start token, index_from=3), the article's
     encoding; ids at or past ``--vocab_size`` become 2 (OOV) in ``encode``.
+
+    Raises:
+      UserError: the file is missing, not a (whole) .npz, lacks one of x_train,
+        y_train, x_test and y_test, or their shapes or labels are not IMDB's.
     """
     if not path or not os.path.isfile(path):
         raise UserError(f"--data_path={path or '(empty)'} is not a file; --data_source=keras_npz "
                         "needs the path of a Keras imdb.npz.")
+    if not zipfile.is_zipfile(path):  # Also what a download cut short looks like.
+        raise UserError(f"--data_path={path} is not an .npz file (no zip directory: cut short, "
+                        "or another format); download the Keras imdb.npz again.")
+    arrays = _load_npz(path)
+    return tuple(_npz_split(path, arrays, part)  # type: ignore[return-value]
+                 for part in ("train", "test"))
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    """The four arrays of a Keras imdb.npz, or a one-line UserError saying what is wrong."""
     try:
+        # Keras' imdb.npz holds its reviews as object arrays, which np.load unpickles.
         with np.load(path, allow_pickle=True) as npz:
-            arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except KeyError as error:
-        raise UserError(f"--data_path={path} lacks array {error}; a Keras imdb.npz has x_train, "
-                        "y_train, x_test and y_test.") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"--data_path={path} is not a readable .npz file ({error}).") from None
+            missing = [key for key in _NPZ_KEYS if key not in npz.files]
+            if missing:
+                raise UserError(f"--data_path={path} lacks array{'s' * (len(missing) > 1)} "
+                                f"{', '.join(missing)} (it has {', '.join(npz.files) or 'none'});"
+                                " a Keras imdb.npz has x_train, y_train, x_test and y_test.")
+            return {key: npz[key] for key in _NPZ_KEYS}
+    except UserError:
+        raise
+    except Exception as error:  # Damaged zip members or pickles raise almost any type.
+        raise UserError(f"--data_path={path} is a damaged .npz ({type(error).__name__}: "
+                        f"{_one_line(error)}); download the Keras imdb.npz again.") from None
 
-    def to_split(xs: np.ndarray, ys: np.ndarray) -> Split:
-        reviews = np.empty(len(xs), dtype=object)
-        for i, x in enumerate(xs):
-            reviews[i] = np.concatenate(
-                [[_NPZ_START_ID], np.asarray(x, dtype=np.int64) + _NPZ_INDEX_FROM]
-            ).astype(np.int32)
-        return Split(reviews, np.asarray(ys, dtype=np.int32))
 
-    return (to_split(arrays["x_train"], arrays["y_train"]),
-            to_split(arrays["x_test"], arrays["y_test"]))
+def _npz_split(path: str, arrays: dict[str, np.ndarray], part: str) -> Split:
+    """One split of an imdb.npz in the article's encoding, its shapes and labels checked."""
+    xs, ys = arrays[f"x_{part}"], arrays[f"y_{part}"]
+    where = f"--data_path={path}"
+    if xs.ndim not in (1, 2) or ys.ndim != 1 or len(xs) != len(ys):
+        raise UserError(f"{where}: x_{part} has shape {xs.shape} and y_{part} {ys.shape}; a "
+                        "Keras imdb.npz has one list of token ids and one label per review.")
+    if ys.dtype.kind not in "biuf" or not np.isin(ys, (0, 1)).all():
+        odd = next((y for y in ys.tolist() if y not in (0, 1)), ys.dtype)
+        raise UserError(f"{where}: y_{part} holds labels other than 0 and 1 (e.g. {odd!r}).")
+    reviews = np.empty(len(xs), dtype=object)
+    for i, x in enumerate(xs):
+        ids = _npz_ids(x)
+        if ids is None:
+            raise UserError(f"{where}: x_{part}[{i}] is not a list of token ids (whole numbers "
+                            "from 0); a Keras imdb.npz has one list per review.")
+        reviews[i] = np.concatenate([[_NPZ_START_ID], ids + _NPZ_INDEX_FROM]).astype(np.int32)
+    return Split(reviews, ys.astype(np.int32))
+
+
+def _npz_ids(review: object) -> np.ndarray | None:
+    """A review's ids as int64, or None if they are not a flat list of word ranks."""
+    try:
+        ids = np.asarray(review)
+    except ValueError:  # A ragged nested list.
+        return None
+    if ids.ndim != 1:
+        return None
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() > _INT32_MAX - _NPZ_INDEX_FROM:
+        return None
+    return ids.astype(np.int64)
 
 
 # --- Subsets and splits -------------------------------------------------------------------
@@ -297,9 +462,18 @@ def make_vectorizer(train: Split, config: Config) -> keras.layers.TextVectorizat
     """
     vectorizer = keras.layers.TextVectorization(
         max_tokens=config.vocab_size, standardize=standardize, ragged=True)
-    texts = tf.data.Dataset.from_tensor_slices(train.reviews.astype(str)).batch(_ENCODE_BATCH)
+    texts = tf.data.Dataset.from_tensor_slices(_strings(train.reviews)).batch(_ENCODE_BATCH)
     vectorizer.adapt(texts)
     return vectorizer
+
+
+def _strings(reviews: np.ndarray) -> tf.Tensor:
+    """The reviews as a tf.string tensor, each as long as itself.
+
+    ``reviews.astype(str)`` would make a fixed-width array, every row as wide as
+    the longest review.
+    """
+    return tf.constant(_object_array([str(review) for review in reviews]), tf.string)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,7 +518,7 @@ def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
         else:
             # Batches of strings, vectorized in parallel by tf.data, then joined.
             pieces = list(
-                tf.data.Dataset.from_tensor_slices(split.reviews.astype(str))
+                tf.data.Dataset.from_tensor_slices(_strings(split.reviews))
                 .batch(_ENCODE_BATCH)
                 .map(vectorizer, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
             ids = (tf.concat(pieces, axis=0) if pieces
