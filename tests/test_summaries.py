@@ -152,12 +152,64 @@ def test_run_ending_inside_the_window_stops_the_real_profiler_with_a_warning(tmp
     tf.profiler.experimental.stop()
 
 
+def tiny_reporter(tensorboard_dir: Path, is_chief: bool = True, steps_per_call: int | None = None,
+                  **changes: str | int) -> summaries.Summaries:
+    """Summaries for a tiny model, as train.py makes them."""
+    config = Config(tensorboard_dir=str(tensorboard_dir), vocab_size=30, embedding_dim=2,
+                    lstm_units=2, **changes)
+    return summaries.Summaries(config, is_chief, model.build(config), keras.optimizers.Adam(),
+                               steps_per_call=steps_per_call)
+
+
 def test_only_the_chief_writes_and_profiles(tmp_path):
-    config = Config(tensorboard_dir=str(tmp_path / "tb"), profile_steps="1,2", vocab_size=30,
-                    embedding_dim=2, lstm_units=2)
-    net = model.build(config)
-    reporter = summaries.Summaries(config, False, net, keras.optimizers.Adam())
-    reporter.before_train_steps(0)
+    reporter = tiny_reporter(tmp_path / "tb", is_chief=False, profile_steps="1,2")
+    with reporter.train_call(0):
+        pass
     reporter.train_progress(1, 1, 1, 10, {"train/loss": 0.7})
     reporter.close()
     assert not (tmp_path / "tb").exists()
+
+
+def test_the_window_counts_the_loops_steps_per_call_not_steps_per_loop(monkeypatch, tmp_path):
+    # --steps_per_loop=4, but the loop runs one step per call (e.g. bucketed sparse gradients
+    # over replicas): the trace must still cover exactly steps 3-5.
+    profiler = FakeProfiler(monkeypatch)
+    reporter = tiny_reporter(tmp_path, profile_steps="3,5", steps_per_loop=4, steps_per_call=1)
+    events = []
+    for step in range(10):
+        before = len(profiler.calls)
+        with reporter.train_call(step):
+            pass
+        events += [(call, step) for call in profiler.calls[before:]]
+    reporter.close()
+    assert events == [("start", 2), ("stop", 5)]
+
+
+def overview_page(trace: Path) -> list[dict]:
+    """TensorBoard's Profile overview of a trace, converted by xprof as the Profile tab does."""
+    from xprof.convert import raw_to_tool_data
+
+    data, _ = raw_to_tool_data.xspace_to_tool_data([str(trace)], "overview_page", {})
+    return json.loads(data)
+
+
+def test_traced_training_calls_carry_step_markers_for_the_overview_page(tmp_path):
+    reporter = tiny_reporter(tmp_path, profile_steps="3,5")
+    total = tf.Variable(0.0)
+
+    @tf.function
+    def train_steps() -> None:  # Stands in for the loop's compiled training steps.
+        x = tf.random.uniform([200, 200])
+        total.assign_add(tf.reduce_sum(tf.matmul(x, x)))
+
+    for step in range(8):
+        with reporter.train_call(step):
+            train_steps()
+    reporter.close()
+    [trace] = tmp_path.glob("plugins/profile/*/*.xplane.pb")
+    overview = overview_page(trace)
+    assert "No step marker" not in json.dumps(overview)
+    step_table = next(table for table in overview if "steptime_ms_average" in table["p"])
+    # One marked step per call in the window, named by the step count before the call.
+    assert [row["c"][0]["v"] for row in step_table["rows"]] == ["train 2", "train 3", "train 4"]
+    assert float(step_table["p"]["steptime_ms_average"]) > 0

@@ -21,8 +21,10 @@ files and profiles; every process prints progress.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -59,23 +61,44 @@ class Summaries:
       is_chief: whether this process writes TensorBoard files and profiles.
       model: the model, whose summary goes to TensorBoard's Text tab.
       optimizer: its learning rate is logged as ``train/learning_rate``.
+      steps_per_call: training steps per call of the compiled loop
+        (``loop.Loop.steps_per_call``, which may be 1 where
+        ``--steps_per_loop`` cannot apply); None: ``config.steps_per_loop``.
     """
 
     def __init__(self, config: Config, is_chief: bool, model: keras.Model,
-                 optimizer: keras.optimizers.Optimizer) -> None:
+                 optimizer: keras.optimizers.Optimizer, *,
+                 steps_per_call: int | None = None) -> None:
         self.config = config
         self.optimizer = optimizer
         self.writer = (tf.summary.create_file_writer(config.tensorboard_dir) if is_chief
                        else tf.summary.create_noop_writer())
         # Chief only: several processes tracing into one folder would mix their files.
-        self.profiler = ProfilerWindow(config.profile_window if is_chief else None,
-                                       config.steps_per_loop, config.tensorboard_dir)
+        self.profiler = ProfilerWindow(
+            config.profile_window if is_chief else None,
+            config.steps_per_loop if steps_per_call is None else steps_per_call,
+            config.tensorboard_dir)
         self._interval_start: tuple[int, float] | None = None  # (step, time) of the interval.
         if is_chief:
             self._write_run_description(model)
 
+    @contextlib.contextmanager
+    def train_call(self, step: int) -> Iterator[None]:
+        """Wraps one call of the compiled training steps, made at training step ``step``.
+
+        Starts the step-time interval, starts or stops the profiler window, and
+        while tracing marks the call as step ``step`` for the profiler, without
+        which TensorBoard's Profile tab finds no step and no step time.
+        """
+        self.before_train_steps(step)
+        if self.profiler.started_at is None:
+            yield
+            return
+        with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+            yield
+
     def before_train_steps(self, step: int) -> None:
-        """Called before each call of the compiled training steps, at training step ``step``."""
+        """The clock part of ``train_call``: no profiler step marker (use ``train_call``)."""
         if self._interval_start is None:
             self._interval_start = (step, time.perf_counter())
         self.profiler.before_train_steps(step)
