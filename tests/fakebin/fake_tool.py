@@ -9,9 +9,12 @@ offline with:  PATH=tests/fakebin:$PATH FAKE_LOG=/dev/stderr launch/gce_vm.sh ..
 
 Knobs (environment): FAKE_FAIL=substring makes a gcloud/docker call whose arguments contain it
 exit 1; FAKE_GPUS=N|fail for nvidia-smi; FAKE_METADATA_DIR for curl (one file per metadata
-key). Linked as bin/python in a throwaway virtualenv it plays the virtualenv's Python:
+key). `gcloud storage ls|cp` on local paths (a folder standing in for the bucket) really
+look and copy, so a test can run the VM's scripts against a local "bucket".
+Linked as bin/python in a throwaway virtualenv it plays the virtualenv's Python:
 FAKE_TF_GPUS (GPUs TensorFlow sees), FAKE_TRAINER_RC, FAKE_TRAINER_SLEEP and
-FAKE_FAIL_WORKER (the TF_CONFIG task index that fails) shape `-m trainer.main`.
+FAKE_FAIL_WORKER (the TF_CONFIG task index that fails) shape `-m trainer.main`;
+FAKE_DOCTOR_RC is the exit code of `-m trainer.doctor`.
 """
 
 import json
@@ -61,6 +64,10 @@ def fake_python():
             return 3
         time.sleep(float(os.environ.get("FAKE_TRAINER_SLEEP", "0")))
         return int(os.environ.get("FAKE_TRAINER_RC", "0"))
+    if ARGS[:2] == ["-m", "trainer.doctor"]:
+        record()
+        print(f"fake doctor {ARGS[2:]}", flush=True)
+        return int(os.environ.get("FAKE_DOCTOR_RC", "0"))
     code = ARGS[ARGS.index("-c") + 1] if "-c" in ARGS else ""
     record()
     if "list_physical_devices" in code:  # gpu.sh: how many GPUs TensorFlow sees
@@ -98,7 +105,35 @@ def main():
     stdin = sys.stdin.read() if "-" in ARGS else None  # gcloud storage cp - DEST
     record(stdin=stdin)
     fail = os.environ.get("FAKE_FAIL")
-    return 1 if fail and fail in " ".join([TOOL, *ARGS]) else 0
+    if fail and fail in " ".join([TOOL, *ARGS]):
+        return 1
+    if TOOL == "gcloud" and ARGS[:1] == ["storage"]:
+        return local_storage(ARGS[1:], stdin)
+    return 0
+
+
+def local_storage(args, stdin):
+    """`gcloud storage ls PATH` and `cp SRC DEST` done for real when the paths are local."""
+    import shutil
+
+    paths = [a for a in args[1:] if not a.startswith("--")]
+    if not paths or not all(p == "-" or p.startswith("/") for p in paths):
+        return 0  # gs:// and anything else: recorded only
+    if args[0] == "ls":
+        return 0 if all(os.path.exists(p) for p in paths) else 1
+    if args[0] != "cp" or len(paths) != 2:
+        return 0
+    source, dest = paths
+    if dest.endswith("/"):
+        os.makedirs(dest, exist_ok=True)
+        dest = os.path.join(dest, os.path.basename(source))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if source == "-":
+        with open(dest, "w", encoding="utf-8") as file:
+            file.write(stdin)
+    else:
+        shutil.copyfile(source, dest)
+    return 0
 
 
 if __name__ == "__main__":
