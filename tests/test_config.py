@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import re
+import types
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,25 @@ def test_output_folders_default_under_model_dir_or_vertex_variables(monkeypatch)
     config = parse()
     assert (config.model_dir, config.checkpoint_dir, config.tensorboard_dir) == (
         "gs://bucket/job/model", "gs://bucket/job/checkpoints", "gs://bucket/job/logs")
+
+
+def test_default_run_folders_are_unique_even_within_one_second(monkeypatch):
+    for name in ("AIP_MODEL_DIR", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    # Ten runs started in the same second.
+    second = datetime.datetime(2026, 12, 2, 0, 30, 15)
+    monkeypatch.setattr(flags, "datetime", types.SimpleNamespace(
+        datetime=types.SimpleNamespace(now=lambda: second)))
+    folders = [parse().model_dir for _ in range(10)]
+    assert len(set(folders)) == 10
+    for folder in folders:
+        assert re.fullmatch(r"runs/20261202-003015-[0-9a-f]{6}", folder), folder
+
+
+def test_require_gpu_is_off_by_default_and_a_flag(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert Config().require_gpu is False
+    assert parse("--require_gpu", "--model_dir=/tmp/x").require_gpu is True
 
 
 def test_a_cluster_needs_an_explicit_model_dir(monkeypatch):

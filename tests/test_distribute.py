@@ -1,12 +1,17 @@
-"""trainer/distribute.py: TF_CONFIG checks and who writes."""
+"""trainer/distribute.py: TF_CONFIG checks, --require_gpu, and who writes."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 
 import pytest
 
+from tests.conftest import REPO, trainer_env
 from trainer import distribute
+from trainer.config import Config
 from trainer.errors import UserError
 
 GOOD = {"cluster": {"worker": ["localhost:1111", "localhost:2222"]},
@@ -21,8 +26,17 @@ GOOD = {"cluster": {"worker": ["localhost:1111", "localhost:2222"]},
     ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}',
      "list of"),
     ('{"cluster": {"worker": ["localhost:1"]}}', 'no "task"'),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}',
+     'task type "chief" is not in the cluster'),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}',
-     'task type "ps" is not in the cluster'),
+     'task type "ps" is not supported'),
+    # TensorFlow's side-car evaluator is not listed in the cluster.
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "evaluator", "index": 0}}',
+     'task type "evaluator" is not supported'),
+    ('{"cluster": {"worker": ["localhost:1"], "evaluator": ["localhost:2"]}, '
+     '"task": {"type": "worker", "index": 0}}', 'cluster has "evaluator" tasks'),
+    ('{"cluster": {"worker": ["localhost:1"], "ps": ["localhost:2"]}, '
+     '"task": {"type": "worker", "index": 0}}', 'cluster has "ps" tasks'),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
      "out of range"),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": "0"}}',
@@ -39,6 +53,96 @@ def test_valid_tf_config_and_none():
     assert distribute.parse_tf_config(json.dumps(GOOD)) == GOOD
     assert distribute.parse_tf_config("") is None
     assert distribute.parse_tf_config(None) is None
+
+
+def test_vertex_ai_tf_config_with_a_chief_and_extra_keys_is_accepted():
+    # As Vertex AI writes it for a chief pool and a worker pool.
+    vertex = {"cluster": {"chief": ["cmle-training-workerpool0-ab-0:2222"],
+                          "worker": ["cmle-training-workerpool1-ab-0:2222",
+                                     "cmle-training-workerpool1-ab-1:2222"]},
+              "environment": "cloud",
+              "task": {"type": "chief", "index": 0, "trial": ""},
+              "job": {"worker_pool_specs": [{"machine_spec": {"machine_type": "n1-standard-4"},
+                                             "replica_count": 1}]}}
+    assert distribute.parse_tf_config(json.dumps(vertex)) == vertex
+    assert distribute.choose(Config(), vertex, num_gpus=0) == "multi_worker"
+
+
+def test_moved_private_tensorflow_modules_are_one_line(monkeypatch):
+    # What a TensorFlow upgrade that moves the coordination settings would look like.
+    from tensorflow.compiler.xla.tsl import protobuf
+
+    monkeypatch.delattr(protobuf, "coordination_config_pb2")
+    monkeypatch.setitem(sys.modules, f"{protobuf.__name__}.coordination_config_pb2", None)
+    with pytest.raises(UserError, match=r"^TF_CONFIG: multi-worker training needs") as error:
+        distribute._configure_coordination(GOOD, 10)
+    assert "\n" not in str(error.value)
+
+
+def test_a_taken_port_is_refused_naming_the_address():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        tf_config = {"cluster": {"worker": [address, "127.0.0.1:1"]},
+                     "task": {"type": "worker", "index": 0}}
+        with pytest.raises(UserError, match=f"^TF_CONFIG: worker 0's address {address} cannot"):
+            distribute.check_port_free(tf_config)
+    distribute.check_port_free(tf_config)  # Free again.
+
+
+def test_gpu_problems_name_what_tensorflow_sees_and_what_to_check():
+    assert distribute.gpu_problem(Config(), num_gpus=0) is None
+    assert distribute.gpu_problem(Config(require_gpu=True), num_gpus=1) is None
+    message = distribute.gpu_problem(Config(require_gpu=True), num_gpus=0)
+    assert message.startswith("--require_gpu: TensorFlow sees 0 GPUs (physical devices: CPU:0)")
+    assert "CPU-only build" in message  # This machine's tensorflow-cpu.
+    for check in ("nvidia-smi", "'.[gpu]'", "LD_LIBRARY_PATH", "python -m trainer.doctor"):
+        assert check in message
+    assert "--num_gpus=2 but TensorFlow sees 1" in distribute.gpu_problem(Config(num_gpus=2), 1)
+
+
+def run_main(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer.main", *flags], cwd=REPO,
+                          env=trainer_env(**(env or {})), capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_error_line(process: subprocess.CompletedProcess) -> str:
+    """The one ``error: `` line a user sees; no traceback."""
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, process.stderr[-2000:]
+    assert process.stderr.rstrip().endswith(errors[0])
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_require_gpu_on_a_cpu_stops_before_reading_data(tiny_archive, tmp_path):
+    process = run_main("--require_gpu", f"--data_path={tiny_archive}",
+                       f"--model_dir={tmp_path / 'run'}")
+    line = assert_one_error_line(process)
+    assert line.startswith("error: --require_gpu: TensorFlow sees 0 GPUs")
+    assert "python -m trainer.doctor" in line
+    assert "data:" not in process.stderr  # The line that reports the reviews read.
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_taken_tf_config_port_is_one_line_at_once(tiny_archive, tmp_path):
+    with socket.socket() as taken:  # Another program holds worker 0's port.
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        tf_config = {"cluster": {"worker": [address, "127.0.0.1:1"]},
+                     "task": {"type": "worker", "index": 0}}
+        process = run_main("--strategy=multi_worker", f"--data_path={tiny_archive}",
+                           f"--model_dir={tmp_path / 'run'}", "--cluster_timeout_secs=600",
+                           env={"TF_CONFIG": json.dumps(tf_config)})
+    line = assert_one_error_line(process)
+    assert line.startswith(f"error: TF_CONFIG: worker 0's address {address} cannot be used")
+    assert "gRPC" not in process.stderr
 
 
 def test_outside_a_cluster_this_process_is_chief_and_writes_in_place(tmp_path):
@@ -92,8 +196,6 @@ The error could be from a previous operation. Restart your program to reset.
 ])
 def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_replicas,
                                                   expected):
-    from trainer.config import Config
-
     config = Config(strategy=strategy, cpu_replicas=cpu_replicas)
     assert distribute.choose(config, cluster, num_gpus=gpus) == expected
 
@@ -106,6 +208,4 @@ def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_r
     ({"intra_op_threads": 0, "lean_lstm": True}, 0, 0),  # ...0 included.
 ])
 def test_intra_op_threads_default_to_one_for_leanlstm_on_a_cpu(changes, gpus, expected):
-    from trainer.config import Config
-
     assert distribute.intra_op_threads(Config(**changes), num_gpus=gpus) == expected

@@ -65,6 +65,8 @@ class Config:
     # Distribution.
     strategy: str = "auto"
     num_gpus: int = 0
+    # Stop at start-up, before reading any data, when TensorFlow sees no GPU.
+    require_gpu: bool = False
     cpu_replicas: int = 0
     cluster_timeout_secs: int = 600
     precision: str = "auto"

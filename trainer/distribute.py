@@ -8,21 +8,24 @@ initializes its devices.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
-from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-from tensorflow.python.eager import context
 
 from trainer.config import Config
 from trainer.errors import UserError
+
+# The task types this trainer runs; an evaluator or parameter server has no code here.
+_TASK_TYPES = ("chief", "worker")
 
 # What collectives raise when a peer process is gone or silent.
 _LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
@@ -35,6 +38,9 @@ class ClusterError(RuntimeError):
 
 def parse_tf_config(raw: str | None) -> dict[str, Any] | None:
     """Parses and checks a TF_CONFIG value; None when it is unset or empty.
+
+    Keys other than "cluster" and "task" (Vertex AI adds "environment" and
+    "job") are kept and ignored.
 
     Args:
       raw: the TF_CONFIG environment variable.
@@ -65,11 +71,20 @@ def parse_tf_config(raw: str | None) -> dict[str, Any] | None:
                 or not all(isinstance(a, str) and ":" in a for a in addresses)):
             raise UserError(f'TF_CONFIG cluster "{task_type}" must be a non-empty list of '
                             f'"host:port" strings, not {json.dumps(addresses)}.')
+        if task_type not in _TASK_TYPES:
+            raise UserError(f'TF_CONFIG cluster has "{task_type}" tasks, which this trainer does '
+                            'not run (it validates and tests inside the training job): list '
+                            'only "chief" and "worker" tasks.')
     task = tf_config.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise UserError('TF_CONFIG has no "task" with "type" and "index": each process must '
                         'say which cluster member it is, e.g. {"type": "worker", "index": 0}.')
     task_type, index = task["type"], task["index"]
+    if task_type not in _TASK_TYPES:
+        # TensorFlow's side-car evaluator is not listed in "cluster"; it would crash later.
+        raise UserError(f'TF_CONFIG task type {json.dumps(task_type)} is not supported: this '
+                        'trainer runs only "chief" and "worker" tasks (it validates and tests '
+                        'inside the training job); start only those.')
     if task_type not in cluster:
         raise UserError(f'TF_CONFIG task type "{task_type}" is not in the cluster '
                         f'({", ".join(cluster)}).')
@@ -100,6 +115,7 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     if name == "multi_worker":
         # With no TF_CONFIG this is a valid one-worker cluster.
         if tf_config:
+            check_port_free(tf_config)
             _configure_coordination(tf_config, config.cluster_timeout_secs)
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
@@ -148,6 +164,16 @@ def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> Non
     are what make the survivors stop when a worker dies silently mid-run.
     TensorFlow has no public API for these settings.
     """
+    try:
+        # Private modules: only the multi-worker path needs them.
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+        from tensorflow.python.eager import context
+    except ImportError as error:
+        raise UserError(
+            f"TF_CONFIG: multi-worker training needs TensorFlow's coordination service "
+            f"settings, which TensorFlow {tf.__version__} no longer has where this trainer "
+            f"looks ({error}); install the TensorFlow version setup.py names, or run without "
+            "TF_CONFIG.") from None
     cluster = tf_config["cluster"]
     leader = f"/job:{_leader_job(cluster)}/replica:0/task:0"
     context.context().configure_coordination_service(
@@ -156,6 +182,44 @@ def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> Non
         coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(tasks))
                           for job, tasks in cluster.items() if job in ("chief", "worker")])
     context.context().coordination_service.cluster_register_with_barrier = True
+
+
+def task_address(tf_config: dict[str, Any]) -> str:
+    """This process's ``host:port`` in a parsed TF_CONFIG."""
+    task = tf_config["task"]
+    return tf_config["cluster"][task["type"]][task["index"]]
+
+
+def check_port_free(tf_config: dict[str, Any]) -> None:
+    """Refuses a TF_CONFIG whose port for this task is already taken on this machine.
+
+    TensorFlow's own failure is a traceback ("Could not start gRPC server") on
+    this worker and a long wait on the others. Its server listens on every
+    interface, so the port is tried there too. Only "address in use" is
+    reported: an address of another machine is TensorFlow's to judge.
+
+    Raises:
+      UserError: naming the address and what to do.
+    """
+    address = task_address(tf_config)
+    port = address.rpartition(":")[2]
+    if not port.isdigit():
+        raise UserError(f"TF_CONFIG: this task's address {address!r} has no port number; "
+                        'write it as "host:port".')
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As gRPC does: a port left in TIME_WAIT by a finished run is free to use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", int(port)))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                return
+            task = tf_config["task"]
+            raise UserError(
+                f"TF_CONFIG: {task['type']} {task['index']}'s address {address} cannot be "
+                f"used: port {port} is already taken on this machine (another trainer still "
+                "running, or another program). Stop that process, or give this task a free "
+                "port in TF_CONFIG on every worker.") from None
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
@@ -227,11 +291,11 @@ def _missing(error: tf.errors.OpError, tf_config: dict[str, Any] | None) -> str:
 
 
 def _configure_gpus(config: Config) -> int:
-    """Applies --num_gpus; returns how many GPUs the run will use."""
+    """Applies --require_gpu and --num_gpus; returns how many GPUs the run will use."""
     gpus = tf.config.list_physical_devices("GPU")
-    if config.num_gpus > len(gpus):
-        raise UserError(f"--num_gpus={config.num_gpus} but TensorFlow sees {len(gpus)} "
-                        "GPU(s); use --num_gpus=0 for all of them.")
+    problem = gpu_problem(config, len(gpus))
+    if problem:
+        raise UserError(problem)
     if config.num_gpus:
         gpus = gpus[:config.num_gpus]
         tf.config.set_visible_devices(gpus, "GPU")
@@ -239,6 +303,41 @@ def _configure_gpus(config: Config) -> int:
         # Take memory as needed, so several workers can share a GPU host.
         tf.config.experimental.set_memory_growth(gpu, True)
     return len(gpus)
+
+
+def gpu_problem(config: Config, num_gpus: int) -> str | None:
+    """Why the run cannot use the GPUs it asks for (one line), or None.
+
+    Args:
+      config: require_gpu and num_gpus.
+      num_gpus: physical GPUs TensorFlow sees.
+    """
+    if config.require_gpu and not num_gpus:
+        return no_gpu_message()
+    if config.num_gpus > num_gpus:
+        return (f"--num_gpus={config.num_gpus} but TensorFlow sees {num_gpus} GPU(s); use "
+                "--num_gpus=0 for all of them.")
+    return None
+
+
+def built_for() -> str:
+    """The CUDA and cuDNN versions this TensorFlow was built for, or that it is CPU-only."""
+    info = tf.sysconfig.get_build_info()
+    if not info.get("is_cuda_build"):
+        return "this TensorFlow is a CPU-only build (no CUDA)"
+    return (f"this TensorFlow was built for CUDA {info.get('cuda_version', '?')} and cuDNN "
+            f"{info.get('cudnn_version', '?')}")
+
+
+def no_gpu_message() -> str:
+    """What --require_gpu says on a machine where TensorFlow sees no GPU."""
+    devices = ", ".join(d.name.removeprefix("/physical_device:")
+                        for d in tf.config.list_physical_devices()) or "none"
+    return (f"--require_gpu: TensorFlow sees 0 GPUs (physical devices: {devices}); "
+            f"{built_for()}. Check that nvidia-smi lists the GPU, that the '.[gpu]' extra is "
+            "installed (not '.[cpu]'), that LD_LIBRARY_PATH reaches the nvidia pip libraries "
+            "(site-packages/nvidia/*/lib) with no other CUDA ahead of them, and run python -m "
+            "trainer.doctor.")
 
 
 def intra_op_threads(config: Config, num_gpus: int) -> int:

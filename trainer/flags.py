@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 import os
+import secrets
 
 from absl import flags
 
@@ -107,6 +108,11 @@ flags.DEFINE_enum(
     "with several GPUs, one_device with one, the default strategy on CPU.")
 flags.DEFINE_integer("num_gpus", _D.num_gpus,
                      "Use only the first N visible GPUs (0 = all of them).")
+flags.DEFINE_bool(
+    "require_gpu", _D.require_gpu,
+    "Stop at once (exit 2, before any data is read) if TensorFlow sees no GPU, saying what it "
+    "sees and what to check, instead of training on the CPU. For paid GPU machines; "
+    "python -m trainer.doctor shows the same check.")
 flags.DEFINE_integer(
     "cpu_replicas", _D.cpu_replicas,
     "Split the CPU into N logical devices, so --strategy=mirrored runs N replicas on a machine "
@@ -133,7 +139,7 @@ flags.DEFINE_string(
     "model_dir", _D.model_dir,
     "Where everything the run writes goes: metrics.json, vocabulary, model, checkpoints, "
     "TensorBoard logs. Local or gs://. Default: $AIP_MODEL_DIR if set (Vertex AI), else a new "
-    "./runs/<timestamp>. Give an existing one to resume it.")
+    "./runs/<date>-<time>-<random suffix>. Give an existing one to resume it.")
 flags.DEFINE_string(
     "checkpoint_dir", _D.checkpoint_dir,
     "Checkpoints. Default: $AIP_CHECKPOINT_DIR if set, else <model_dir>/checkpoints.")
@@ -267,4 +273,6 @@ def _is_cluster() -> bool:
 
 
 def _new_run_dir() -> str:
-    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    """``runs/<date>-<time>-<6 random hex digits>``: runs started in one second stay apart."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{stamp}-{secrets.token_hex(3)}")
