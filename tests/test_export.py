@@ -68,7 +68,7 @@ def training_probabilities(config, vectorizer, net) -> np.ndarray:
 def test_export_scores_raw_text_exactly_as_training_does(tmp_path, padding, bucket_by_length):
     config, vectorizer, net = tiny_run(tmp_path, padding=padding,
                                        bucket_by_length=bucket_by_length)
-    assert export.save(config, net, vectorizer) == f"{config.model_dir}/{export.EXPORT_DIR}"
+    assert export.save(config, net, vectorizer) == f"{config.model_dir}/{export.EXPORT_DIR}/1"
     score = export.load(config.model_dir)
     np.testing.assert_allclose(score(REVIEWS), training_probabilities(config, vectorizer, net),
                                atol=1e-6)
@@ -77,7 +77,7 @@ def test_export_scores_raw_text_exactly_as_training_does(tmp_path, padding, buck
 def test_signature_takes_a_batch_of_strings_and_returns_probabilities(tmp_path):
     config, vectorizer, net = tiny_run(tmp_path)
     export.save(config, net, vectorizer)
-    serve = tf.saved_model.load(f"{config.model_dir}/export").signatures["serving_default"]
+    serve = tf.saved_model.load(f"{config.model_dir}/export/1").signatures["serving_default"]
     _, inputs = serve.structured_input_signature
     assert inputs == {"reviews": tf.TensorSpec([None], tf.string, name="reviews")}
     probabilities = serve(reviews=tf.constant(REVIEWS))["positive_probability"]

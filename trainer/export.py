@@ -1,26 +1,37 @@
-"""Saving for serving: a SavedModel that scores raw review strings.
+"""Saving for serving: a SavedModel that scores raw review strings, on any device.
 
-``<model_dir>/export/`` holds one signature::
+``<model_dir>/export/<version>/`` (version 1, then 2, ... if the folder is
+exported again) holds one signature::
 
     serving_default(reviews: tf.string [batch]) -> {"positive_probability": tf.float32 [batch]}
 
+That is the layout TensorFlow Serving and Vertex AI load as it is (the
+highest version is served), and the one-input signature is what TF Serving's
+REST API fills from ``{"instances": ["A wonderful film.", "Dull."]}``: one
+review per instance, one probability per review.
+
 Inside it run the adapted ``TextVectorization`` (the same ``data.standardize``
 and vocabulary as training), the same truncation and padding as training
-(``data`` functions, not a copy of them), then the model. Loading it needs
-TensorFlow only: ``tf.saved_model.load(path).signatures["serving_default"]``,
-TensorFlow Serving, or ``python -m trainer.predict``.
+(``data`` functions, not a copy of them), then the model. The model is a copy
+of the trained one with Keras' generic LSTM (``use_cudnn=False``, not
+``LeanLSTM``) in float32, so the graph holds neither the GPU-only
+``CudnnRNNV3`` op nor the ``BlockLSTM`` op, whichever device trained it.
+
+Loading it needs TensorFlow only: ``tf.saved_model.load(path)``, TensorFlow
+Serving, ``saved_model_cli run``, or ``python -m trainer.predict``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import data
+from trainer import data, model
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -31,69 +42,105 @@ OUTPUT_KEY = "positive_probability"
 _SAVED_MODEL_FILE = "saved_model.pb"
 
 
-class ReviewScorer(tf.Module):
-    """Raw review strings in, P(positive) out: training's preprocessing, then the model.
-
-    Args:
-      vectorizer: the TextVectorization adapted on the training reviews.
-      net: the trained model (token ids -> P(positive)).
-      config: max_len and padding, as in training.
-    """
-
-    def __init__(self, vectorizer: keras.layers.TextVectorization, net: keras.Model,
-                 config: Config) -> None:
-        super().__init__(name="review_scorer")
-        self.vectorizer = vectorizer  # Tracked, so its vocabulary table is saved too.
-        self.net = net
-        self._config = config
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
-    def __call__(self, reviews: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Scores a batch of reviews.
-
-        Args:
-          reviews: raw review texts, e.g. ``["A wonderful film.", "Dull."]``.
-
-        Returns:
-          ``{"positive_probability": float32 [batch]}``, each value in [0, 1].
-        """
-        config = self._config
-        # The steps of data.encode then data.batches, on a whole batch of strings. Always
-        # to max_len: with --bucket_by_length the mask makes the width irrelevant, and a
-        # batch of empty reviews would otherwise be 0 wide, which the LSTM cannot run.
-        ids = data.truncate(self.vectorizer(reviews), config)
-        padded = data.pad(ids, config, width=config.max_len)
-        probabilities = self.net(tf.cast(padded, tf.int32), training=False)
-        return {OUTPUT_KEY: tf.cast(probabilities[:, 0], tf.float32)}
-
-
 def save(config: Config, net: keras.Model,
          vectorizer: keras.layers.TextVectorization | None) -> str | None:
-    """Writes the serving SavedModel to ``<model_dir>/export``; call on the chief only.
+    """Writes the serving SavedModel to ``<model_dir>/export/<version>``; chief only.
 
     Args:
-      config: model_dir, max_len and padding.
+      config: model_dir and the model's settings (max_len, padding, sizes).
       net: the trained model.
       vectorizer: the adapted TextVectorization; None for pre-tokenized data,
         which has no text to serve (then nothing is written).
 
     Returns:
-      The export folder, or None when there was nothing to export.
+      The version folder written, e.g. ``runs/x/export/1``, or None when there
+      was nothing to export.
     """
+    export_root = f"{config.model_dir}/{EXPORT_DIR}"
     if vectorizer is None:
         logging.warning("no raw-text export: --data_source=%s gives token ids, not text, so "
-                        "there is no vocabulary to serve reviews with; %s/%s is skipped.",
-                        config.data_source_resolved, config.model_dir, EXPORT_DIR)
+                        "there is no vocabulary to serve reviews with; %s is skipped.",
+                        config.data_source_resolved, export_root)
         return None
-    path = f"{config.model_dir}/{EXPORT_DIR}"
-    scorer = ReviewScorer(vectorizer, net, config)
-    tf.saved_model.save(scorer, path,
-                        signatures={SIGNATURE: scorer.__call__.get_concrete_function()})
+    path = f"{export_root}/{next_version(export_root)}"
+    serving_net = serving_model(config, net)
+    if not vectorizer.built:  # Adapted but never called; ExportArchive tracks built layers.
+        vectorizer.build((None,))
+    # Keras' ExportArchive, not tf.saved_model.save of a tf.Module holding the model: that
+    # tracks Keras' Variable wrappers while the function captures the tf.Variables inside
+    # them, and TF1-style loaders (TF Serving, saved_model_cli run) then find no such
+    # variables. ExportArchive saves the variables the endpoint actually captures.
+    archive = keras.export.ExportArchive()
+    archive.track(vectorizer)  # Its vocabulary table is not a variable: track it by hand.
+    archive.track(serving_net)
+    archive.add_endpoint(SIGNATURE, _scorer(config, vectorizer, serving_net),
+                         input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    archive.write_out(path, verbose=False)
+    logging.info("exported the serving SavedModel to %s", path)
     return path
 
 
+def serving_model(config: Config, net: keras.Model) -> keras.Model:
+    """A float32 copy of ``net`` whose LSTM is Keras' generic one, with ``net``'s weights.
+
+    ``LeanLSTM`` traces TensorFlow's ``BlockLSTM`` on a CPU, and Keras' LSTM
+    traces ``CudnnRNNV3`` when a GPU is present, which then cannot run on a
+    CPU-only server; ``keras.layers.LSTM(use_cudnn=False)`` computes the same
+    function with ops every device has. float32 because mixed precision is a
+    training-speed setting (float16 is slow on a CPU); the weights are float32
+    either way.
+    """
+    with _dtype_policy("float32"):
+        copy = model.build(config.replace(lean_lstm=False), use_cudnn=False)
+    copy.set_weights(net.get_weights())
+    return copy
+
+
+def _scorer(config: Config, vectorizer: keras.layers.TextVectorization,
+            net: keras.Model) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The serving function: raw review strings ``[batch]`` -> ``{OUTPUT_KEY: [batch]}``."""
+
+    def score(reviews: tf.Tensor) -> dict[str, tf.Tensor]:
+        # The steps of data.encode then data.batches, on a whole batch of strings. Always
+        # to max_len: with --bucket_by_length the mask makes the width irrelevant, and a
+        # batch of empty reviews would otherwise be 0 wide, which the LSTM cannot run.
+        ids = data.truncate(vectorizer(reviews), config)
+        padded = data.pad(ids, config, width=config.max_len)
+        probabilities = net(tf.cast(padded, tf.int32), training=False)
+        return {OUTPUT_KEY: tf.cast(probabilities[:, 0], tf.float32)}
+
+    return score
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy set to ``name`` for the block, then restored."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def versions(export_root: str) -> list[int]:
+    """The integer-named folders in ``export_root`` (finished or not), ascending."""
+    if not tf.io.gfile.isdir(export_root):
+        return []
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(export_root))
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def next_version(export_root: str) -> int:
+    """1 for a new export folder, else one more than its highest version."""
+    return max(versions(export_root), default=0) + 1
+
+
 def find(path: str) -> str:
-    """The SavedModel folder for ``path``: a model_dir (its ``export/``) or an export itself.
+    """The SavedModel folder for ``path``: a run folder, its ``export/``, or a version folder.
+
+    Takes the highest version holding a SavedModel, or, for runs exported
+    before versions, the SavedModel directly in ``export/``.
 
     Raises:
       UserError: ``path`` does not exist or holds no exported model.
@@ -102,19 +149,22 @@ def find(path: str) -> str:
     if not path:
         raise UserError("--model_dir is required: a training run's --model_dir or its "
                         f"{EXPORT_DIR}/ folder.")
-    for candidate in (f"{path}/{EXPORT_DIR}", path):
-        if tf.io.gfile.exists(f"{candidate}/{_SAVED_MODEL_FILE}"):
-            return candidate
+    export_root = f"{path}/{EXPORT_DIR}" if tf.io.gfile.isdir(f"{path}/{EXPORT_DIR}") else path
+    for version in reversed(versions(export_root)):
+        if tf.io.gfile.exists(f"{export_root}/{version}/{_SAVED_MODEL_FILE}"):
+            return f"{export_root}/{version}"
+    if tf.io.gfile.exists(f"{export_root}/{_SAVED_MODEL_FILE}"):
+        return export_root
     if not tf.io.gfile.isdir(path):
         raise UserError(f"--model_dir={path} does not exist; give the --model_dir of a "
                         "finished training run, or its export/ folder.")
     raise UserError(f"--model_dir={path} holds no exported model ({path}/{EXPORT_DIR}/"
-                    f"{_SAVED_MODEL_FILE}); train to the end with python -m trainer.main "
-                    f"--model_dir={path}, or point at an export folder.")
+                    f"<version>/{_SAVED_MODEL_FILE}); train to the end with python -m "
+                    f"trainer.main --model_dir={path}, or point at an export folder.")
 
 
 def load(path: str) -> Callable[[Sequence[str]], np.ndarray]:
-    """Loads the serving signature from a model_dir or an export folder.
+    """Loads the serving signature from a run folder, an export folder or a version folder.
 
     Args:
       path: see ``find``.

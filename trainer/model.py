@@ -11,7 +11,7 @@ from trainer.lstm import LeanLSTM
 LSTM_LAYER_NAME = "lstm"
 
 
-def build(config: Config) -> keras.Model:
+def build(config: Config, use_cudnn: bool | str = "auto") -> keras.Model:
     """``Embedding(vocab_size, 32) -> LSTM(100) -> Dense(1, sigmoid)``: 373,301 parameters.
 
     Call inside ``strategy.scope()`` with the dtype policy already set. The
@@ -23,6 +23,9 @@ def build(config: Config) -> keras.Model:
         lean_lstm: ``trainer.lstm.LeanLSTM`` (Keras' LSTM with the same weights
         and function, cuDNN on a GPU, a faster recurrence on a CPU) or
         ``keras.layers.LSTM``.
+      use_cudnn: Keras' LSTM setting: "auto" runs cuDNN when a GPU is present;
+        False always traces the generic recurrence, which runs on any device
+        (``trainer.export`` builds the serving copy so).
 
     Returns:
       An unbuilt-optimizer Keras model whose output is P(positive), float32.
@@ -35,8 +38,8 @@ def build(config: Config) -> keras.Model:
             # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
             # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
             # LeanLSTM's fused CPU op needs the same settings (LeanLSTM.runs_lean).
-            (LeanLSTM if config.lean_lstm else keras.layers.LSTM)(config.lstm_units,
-                                                                  name=LSTM_LAYER_NAME),
+            (LeanLSTM if config.lean_lstm else keras.layers.LSTM)(
+                config.lstm_units, use_cudnn=use_cudnn, name=LSTM_LAYER_NAME),
             # Under mixed precision the sigmoid and the loss must stay float32.
             keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="positive"),
         ],
