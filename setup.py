@@ -16,7 +16,8 @@ setup(
         "numpy>=1.24",
         "tensorflow-datasets>=4.9",
         "tensorboard>=2.16",
-        "tensorboard-plugin-profile>=2.15",
+        # TensorBoard's Profile tab (tensorboard-plugin-profile is now a shim for it).
+        "xprof>=2.24",
         "matplotlib>=3.7",
     ],
     extras_require={
@@ -28,6 +29,7 @@ setup(
         "console_scripts": [
             "imdb-train=trainer.main:run",
             "imdb-predict=trainer.predict:run",
+            "imdb-doctor=trainer.doctor:run",
         ]
     },
 )

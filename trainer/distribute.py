@@ -148,7 +148,7 @@ def choose(config: Config, tf_config: dict[str, Any] | None, num_gpus: int) -> s
     """
     if config.strategy != "auto":
         return config.strategy
-    if tf_config and _num_tasks(tf_config["cluster"]) > 1:
+    if tf_config and num_tasks(tf_config["cluster"]) > 1:
         return "multi_worker"
     if num_gpus > 1 or (not num_gpus and config.cpu_replicas > 1):
         return "mirrored"
@@ -175,7 +175,7 @@ def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> Non
             f"looks ({error}); install the TensorFlow version setup.py names, or run without "
             "TF_CONFIG.") from None
     cluster = tf_config["cluster"]
-    leader = f"/job:{_leader_job(cluster)}/replica:0/task:0"
+    leader = f"/job:{leader_job(cluster)}/replica:0/task:0"
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=leader,
         cluster_register_timeout_in_ms=timeout_secs * 1000,
@@ -227,15 +227,15 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
         return 1
-    return max(1, _num_tasks(resolver.cluster_spec().as_dict()))
+    return max(1, num_tasks(resolver.cluster_spec().as_dict()))
 
 
-def _num_tasks(cluster: dict[str, Any]) -> int:
+def num_tasks(cluster: dict[str, Any]) -> int:
     """Processes a TF_CONFIG-style cluster names, over all its jobs."""
     return sum(len(tasks) for tasks in cluster.values())
 
 
-def _leader_job(cluster: dict[str, Any]) -> str:
+def leader_job(cluster: dict[str, Any]) -> str:
     """The job whose task 0 leads coordination: the chief if there is one, else worker 0."""
     return "chief" if "chief" in cluster else "worker"
 
@@ -286,7 +286,7 @@ def _missing(error: tf.errors.OpError, tf_config: dict[str, Any] | None) -> str:
         return "no word from " + ", ".join(dict.fromkeys(tasks))
     if not tf_config:
         return "no answer from the cluster's leader"
-    job = _leader_job(tf_config["cluster"])
+    job = leader_job(tf_config["cluster"])
     return f"no answer from {job} 0 at {tf_config['cluster'][job][0]}, which leads the cluster"
 
 
