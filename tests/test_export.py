@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,10 +16,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from trainer import data, export, model
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.lstm import LeanLSTM
+
+SAVED_MODEL_CLI = str(Path(sys.executable).parent / "saved_model_cli")
+# The serving host of the issue: a CPU only, whatever trained the model.
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 # Long enough to be truncated at max_len 8, with markup, case and punctuation to standardize.
 REVIEWS = [
@@ -52,6 +61,25 @@ def tiny_run(tmp_path: Path, **changes) -> tuple[Config, keras.layers.TextVector
     return config, data.make_vectorizer(train, config), model.build(config)
 
 
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> tuple[str, np.ndarray]:
+    """A tiny run's export (version folder) and its P(positive) of REVIEWS through the model."""
+    config, vectorizer, net = tiny_run(tmp_path_factory.mktemp("tiny"))
+    return export.save(config, net, vectorizer), training_probabilities(config, vectorizer, net)
+
+
+def op_types(saved_model_dir: str) -> set[str]:
+    """Every op type in a SavedModel's graphs: the graph and its function library."""
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(Path(saved_model_dir, "saved_model.pb").read_bytes())
+    types = set()
+    for meta_graph in saved_model.meta_graphs:
+        types.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            types.update(node.op for node in function.node_def)
+    return types
+
+
 def training_probabilities(config, vectorizer, net) -> np.ndarray:
     """P(positive) of each of REVIEWS through training's own encode and batches."""
     # The label carries the review's index: bucketed batches reorder reviews.
@@ -85,6 +113,103 @@ def test_signature_takes_a_batch_of_strings_and_returns_probabilities(tmp_path):
     assert np.all((probabilities.numpy() >= 0) & (probabilities.numpy() <= 1))
 
 
+def test_saved_graph_holds_no_device_only_lstm_op(tmp_path):
+    config, vectorizer, net = tiny_run(tmp_path)  # lean_lstm: BlockLSTM on this CPU in training.
+    assert isinstance(net.get_layer(model.LSTM_LAYER_NAME), LeanLSTM)
+    types = op_types(export.save(config, net, vectorizer))
+    assert not [op for op in types if op.startswith(("CudnnRNN", "BlockLSTM"))], sorted(types)
+    # The walk reaches the function library: the generic LSTM's loop lives there.
+    assert types & {"While", "StatelessWhile"}
+
+
+def test_serving_copy_is_keras_generic_lstm_in_float32_with_the_same_weights(tmp_path):
+    keras.config.set_dtype_policy("mixed_float16")  # As a GPU run trains.
+    try:
+        config, _, net = tiny_run(tmp_path)
+        copy = export.serving_model(config, net)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    lstm = copy.get_layer(model.LSTM_LAYER_NAME)
+    # LeanLSTM (BlockLSTM on a CPU) is a subclass: the type must be Keras' own layer.
+    assert type(lstm) is keras.layers.LSTM and lstm.use_cudnn is False
+    assert {layer.compute_dtype for layer in copy.layers} == {"float32"}
+    for trained, served in zip(net.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(trained, served)
+
+
+def test_exports_are_numbered_and_the_highest_is_loaded(tmp_path):
+    config, vectorizer, net = tiny_run(tmp_path)
+    root = f"{config.model_dir}/export"
+    assert export.save(config, net, vectorizer) == f"{root}/1"
+    net.get_layer("positive").bias.assign([3.0])  # A different model, told apart by its output.
+    assert export.save(config, net, vectorizer) == f"{root}/2"
+    second = export.load(f"{root}/2")(REVIEWS)
+    assert not np.allclose(second, export.load(f"{root}/1")(REVIEWS))
+    for path in (config.model_dir, root, f"{root}/"):
+        assert export.find(path) == f"{root}/2"
+        np.testing.assert_array_equal(export.load(path)(REVIEWS), second)
+
+
+def test_runs_exported_before_versions_still_load(tmp_path, tiny_export):
+    version_dir, probabilities = tiny_export
+    run = tmp_path / "old_run"
+    shutil.copytree(version_dir, run / "export")  # The old layout: export/saved_model.pb.
+    for path in (run, run / "export"):
+        assert export.find(str(path)) == str(run / "export")
+        np.testing.assert_allclose(export.load(str(path))(REVIEWS), probabilities, atol=1e-6)
+
+
+def test_saved_model_cli_shows_the_signature(tiny_export):
+    process = subprocess.run([SAVED_MODEL_CLI, "show", "--dir", tiny_export[0], "--tag_set",
+                              "serve", "--signature_def", "serving_default"],
+                             capture_output=True, text=True, timeout=120, env=CPU_ONLY)
+    assert process.returncode == 0, process.stderr[-3000:]
+    shown = " ".join(process.stdout.split())
+    assert "inputs['reviews'] tensor_info: dtype: DT_STRING shape: (-1)" in shown
+    assert "outputs['positive_probability'] tensor_info: dtype: DT_FLOAT shape: (-1)" in shown
+
+
+def test_saved_model_cli_runs_raw_strings_like_tf_serving_loads(tiny_export):
+    # saved_model_cli run restores the SavedModel in a TF1 session, as TF Serving's C++
+    # loader does: variables the graph cannot find fail here, not in tf.saved_model.load.
+    version_dir, probabilities = tiny_export
+    # --input_exprs splits its argument at ";", so the first review cannot be sent.
+    sent = [index for index, review in enumerate(REVIEWS) if ";" not in review]
+    reviews = [REVIEWS[index] for index in sent]
+    process = subprocess.run(
+        [SAVED_MODEL_CLI, "run", "--dir", version_dir, "--tag_set", "serve",
+         "--signature_def", "serving_default", "--input_exprs", f"reviews={reviews!r}"],
+        capture_output=True, text=True, timeout=120, env=CPU_ONLY)
+    assert process.returncode == 0, process.stderr[-3000:]
+    printed = process.stdout.split("Result for output key positive_probability:")[1]
+    numbers = re.findall(r"\d+\.\d*(?:e[-+]?\d+)?", printed)  # numpy's print of the array.
+    np.testing.assert_allclose(np.array(numbers, dtype=np.float32), probabilities[sent],
+                               atol=1e-6)
+
+
+def test_rest_instances_give_one_probability_per_review(tiny_export):
+    version_dir, probabilities = tiny_export
+    body = json.loads(json.dumps({"instances": REVIEWS}))  # What a client POSTs to :predict.
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+    # TF Serving's row format: a one-input signature gets the instances as its batch.
+    outputs = serve(reviews=tf.constant(body["instances"]))
+    response = {"predictions": outputs["positive_probability"].numpy().tolist()}
+    assert len(response["predictions"]) == len(body["instances"])
+    np.testing.assert_allclose(response["predictions"], probabilities, atol=1e-6)
+
+
+def test_fresh_cpu_only_process_loads_and_scores(tiny_export, tmp_path):
+    version_dir, probabilities = tiny_export
+    reviews_file = tmp_path / "reviews.json"
+    reviews_file.write_text(json.dumps({"reviews": REVIEWS, "labels": [1] * len(REVIEWS)}))
+    script = SCORE_IN_FRESH_PROCESS + "print(json.dumps(probabilities.tolist()))\n"
+    process = subprocess.run([sys.executable, "-c", script, version_dir, str(reviews_file)],
+                             capture_output=True, text=True, timeout=120, env=CPU_ONLY)
+    assert process.returncode == 0, process.stderr[-3000:]
+    np.testing.assert_allclose(json.loads(process.stdout.splitlines()[-1]), probabilities,
+                               atol=1e-6)
+
+
 def test_token_id_data_has_no_raw_text_export_and_says_so(tmp_path, caplog):
     config, _, net = tiny_run(tmp_path, data_source="keras_npz")
     with caplog.at_level(logging.WARNING):
@@ -112,8 +237,8 @@ def test_export_reloaded_in_a_fresh_process_reproduces_the_test_accuracy(small_r
     reviews_file.write_text(json.dumps({"reviews": list(test.reviews),
                                         "labels": test.labels.tolist()}))
     process = subprocess.run(
-        [sys.executable, "-c", SCORE_IN_FRESH_PROCESS, str(small_run / "export"),
-         str(reviews_file)], capture_output=True, text=True, timeout=300)
+        [sys.executable, "-c", SCORE_IN_FRESH_PROCESS, str(small_run / "export" / "1"),
+         str(reviews_file)], capture_output=True, text=True, timeout=300, env=CPU_ONLY)
     assert process.returncode == 0, process.stderr[-3000:]
     accuracy = json.loads(process.stdout.splitlines()[-1])["accuracy"]
     assert len(test) == 400
