@@ -101,11 +101,15 @@ def _scorer(config: Config, vectorizer: keras.layers.TextVectorization,
     """The serving function: raw review strings ``[batch]`` -> ``{OUTPUT_KEY: [batch]}``."""
 
     def score(reviews: tf.Tensor) -> dict[str, tf.Tensor]:
-        # The steps of data.encode then data.batches, on a whole batch of strings. Always
-        # to max_len: with --bucket_by_length the mask makes the width irrelevant, and a
-        # batch of empty reviews would otherwise be 0 wide, which the LSTM cannot run.
+        # The steps of data.encode then data.batches, on a whole batch of strings.
         ids = data.truncate(vectorizer(reviews), config)
-        padded = data.pad(ids, config, width=config.max_len)
+        if config.uses_mask:
+            # The mask makes the width irrelevant, so only the batch's longest review is
+            # run, as in bucketed training; at least 1 step: the LSTM cannot run 0.
+            padded = data.pad(ids, config)
+            padded = tf.pad(padded, [[0, 0], [0, tf.maximum(1 - tf.shape(padded)[1], 0)]])
+        else:
+            padded = data.pad(ids, config, width=config.max_len)  # Pads are inputs too.
         probabilities = net(tf.cast(padded, tf.int32), training=False)
         return {OUTPUT_KEY: tf.cast(probabilities[:, 0], tf.float32)}
 
