@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import tarfile
+import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import aclimdb_files, write_archive, write_tree
+from tests.conftest import REPO, aclimdb_files, trainer_env, write_archive, write_tree
 from trainer import data
 from trainer.config import Config
 from trainer.errors import UserError
@@ -52,18 +56,61 @@ def test_load_subsets_are_balanced_reproducible_and_validation_comes_from_train(
     (lambda tmp: _write(tmp / "junk.tar.gz", b"not an archive"), "not a readable .tar.gz"),
     (lambda tmp: write_archive(tmp / "empty.tar.gz", {"aclImdb/README": b"x"}),
      "no train reviews of both classes"),
+    (lambda tmp: write_archive(tmp / "nothing.tar.gz", {}), "no train reviews of both classes"),
+    (lambda tmp: _write(tmp / "zero.tar.gz", b""), "is an empty file"),
+    (lambda tmp: _write_zip(tmp / "aclImdb.zip", aclimdb_files(2)),
+     r"is a \.zip, not a \.tar\.gz; unzip it"),
+    (lambda tmp: _write_npz(tmp / "imdb.npz", np.array([[1, 2]]), np.array([1])),
+     "is a .zip.*--data_source=keras_npz"),
 ])
 def test_bad_data_path_names_the_flag(tmp_path, make_path, expected):
     path = make_path(tmp_path)
     with pytest.raises(UserError, match=expected) as error:
         data.read_aclimdb(str(path))
     assert "--data_path" in str(error.value)
+    assert "\n" not in str(error.value)
 
 
-def test_truncated_archive_is_reported(tmp_path, tiny_archive):
-    truncated = _write(tmp_path / "cut.tar.gz", tiny_archive.read_bytes()[:600])
-    with pytest.raises(UserError, match=r"truncated or corrupt|not a readable"):
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 0.995])
+def test_truncated_archive_is_reported_in_one_line(tmp_path, tiny_archive, fraction):
+    content = tiny_archive.read_bytes()
+    truncated = _write(tmp_path / "cut.tar.gz", content[:int(len(content) * fraction)])
+    with pytest.raises(UserError, match=r"truncated or corrupt|not a readable") as error:
         data.read_aclimdb(str(truncated))
+    assert "\n" not in str(error.value)
+
+
+def test_archive_cut_between_two_reviews_is_not_taken_for_a_smaller_dataset(tmp_path):
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as archive:  # Uncompressed: the cut is a member boundary.
+        for name, content in aclimdb_files(4).items():
+            (tmp_path / "member").write_bytes(content)
+            archive.add(tmp_path / "member", arcname=name)
+    with tarfile.open(whole) as archive:
+        last = archive.getmembers()[-1]  # Every class is in the archive before this one.
+    cut = _write(tmp_path / "cut.tar", whole.read_bytes()[:last.offset])
+    assert len(data.read_aclimdb(str(whole))[1]) == 8
+    with pytest.raises(UserError, match=r"truncated or corrupt.*before the tar archive's end"):
+        data.read_aclimdb(str(cut))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make_path, expected", [
+    (lambda tmp: _write_zip(tmp / "aclImdb.zip", aclimdb_files(2)), "is a .zip"),
+    (lambda tmp: _write(tmp / "cut.tar.gz", write_archive(
+        tmp / "a.tar.gz", aclimdb_files()).read_bytes()[:900]), "truncated or corrupt"),
+], ids=["zip", "cut-tar-gz"])
+def test_trainer_refuses_a_zip_or_cut_archive_in_one_line(tmp_path, make_path, expected):
+    path = make_path(tmp_path)
+    process = subprocess.run(
+        [sys.executable, "-m", "trainer.main", f"--data_path={path}",
+         f"--model_dir={tmp_path / 'run'}", "--max_len=64"],
+        cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2, process.stderr[-3000:]
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], process.stderr[-3000:]
+    assert errors[0].startswith(f"error: --data_path={path} ")
+    assert "Traceback" not in process.stderr
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "aclImdb/../../x.txt"])
@@ -75,12 +122,69 @@ def test_archive_members_escaping_their_folder_are_refused(tmp_path, member):
     assert not (tmp_path.parent / "evil.txt").exists()
 
 
-def test_review_that_is_not_utf8_names_the_file(tmp_path):
+@pytest.mark.parametrize("make_path", [write_tree, lambda tmp, files: write_archive(
+    tmp / "a.tar.gz", files)], ids=["folder", "archive"])
+@pytest.mark.parametrize("review, byte", [
+    (b"caf\xe9 latin-1 text", 3),
+    # Past the first chunk read, with a UTF-8 character cut by the chunk before it.
+    (b"x" * (data._READ_CHUNK - 1) + "\u00e9".encode() + b"y" * 99 + b"\xff", 2**20 + 100),
+])
+def test_review_that_is_not_utf8_names_the_file_and_byte(tmp_path, make_path, review, byte):
     files = aclimdb_files(2)
-    files["aclImdb/train/pos/0_8.txt"] = b"caf\xe9 latin-1 text"
-    root = write_tree(tmp_path, files)
-    with pytest.raises(UserError, match=r"train/pos/0_8.txt is not valid UTF-8"):
-        data.read_aclimdb(str(root))
+    files["aclImdb/train/pos/0_8.txt"] = review
+    path = make_path(tmp_path, files)
+    with pytest.raises(UserError, match=rf"train/pos/0_8.txt is not valid UTF-8 \(.* at byte "
+                                        rf"{byte}\)") as error:
+        data.read_aclimdb(str(path), data.text_limit(Config(max_len=8)))
+    assert "\n" not in str(error.value)
+
+
+def test_text_limit_keeps_what_max_len_tokens_can_use_on_the_truncated_side():
+    assert data.text_limit(Config(max_len=500)).chars >= 20_000  # Real reviews: < 14,000.
+    assert data.text_limit(Config(max_len=4000)).chars == 4000 * data._CHARS_PER_TOKEN
+    assert data.text_limit(Config(padding="pre")).from_end
+    assert data.TextLimit(3).cut("abcdef") == "abc"
+    assert data.TextLimit(3, from_end=True).cut("abcdef") == "def"
+    assert data.TextLimit().cut("abcdef") == "abcdef"
+
+
+def test_no_real_review_is_cut_so_encode_is_unchanged(imdb_archive):
+    config = Config(max_len=8, padding="pre")  # The smallest window there is.
+    whole_train, whole_test = data.read_aclimdb(imdb_archive)
+    cut_train, cut_test = data.read_aclimdb(imdb_archive, data.text_limit(config))
+    assert cut_train.reviews.dtype == object
+    assert list(cut_train.reviews) == list(whole_train.reviews)
+    assert list(cut_test.reviews) == list(whole_test.reviews)
+    longest = np.argsort([len(review) for review in whole_train.reviews])[-500:]
+    vectorizer = data.make_vectorizer(whole_train.take(longest), config)
+    for padding in ("pre", "post"):
+        config = Config(max_len=200, padding=padding)
+        whole = data.encode(whole_train.take(longest), vectorizer, config)
+        cut = data.encode(cut_train.take(longest), vectorizer, config)
+        assert whole.ids.to_list() == cut.ids.to_list()
+
+
+@pytest.mark.parametrize("make_path", [write_tree, lambda tmp, files: write_archive(
+    tmp / "a.tar.gz", files)], ids=["folder", "archive"])
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_a_huge_review_is_cut_on_read_and_the_model_sees_the_same_tokens(tmp_path, make_path,
+                                                                         padding):
+    config = Config(max_len=64, padding=padding, vocab_size=2000)
+    words = " ".join(f"w{i % 997}" for i in range(400_000))  # About 2 MB, on one line.
+    files = aclimdb_files(2)
+    files["aclImdb/train/pos/9_9.txt"] = words.encode()
+    path = make_path(tmp_path, files)
+    whole, _ = data.read_aclimdb(str(path))
+    cut, _ = data.read_aclimdb(str(path), data.text_limit(config))
+    index = [len(review) for review in whole.reviews].index(len(words))
+    kept = cut.reviews[index]
+    assert len(kept) == data.text_limit(config).chars
+    assert kept == (words[-len(kept):] if padding == "pre" else words[:len(kept)])
+    vectorizer = data.make_vectorizer(whole, config)
+    assert (data.encode(cut, vectorizer, config).ids.to_list()
+            == data.encode(whole, vectorizer, config).ids.to_list())
+    last_ids = data.encode(cut.take([index]), vectorizer, config).ids.to_list()[0]
+    assert len(last_ids) == 64
 
 
 def test_standardize_removes_line_breaks_punctuation_and_case():
@@ -153,6 +257,58 @@ def test_keras_npz_without_its_arrays_is_reported(tmp_path):
         data.read_keras_npz(str(path))
 
 
+def _valid_npz(path, **changes):
+    ragged = np.empty(4, dtype=object)
+    ragged[:] = [[1, 2], [5, 9998], [3], [20000, 7]]
+    arrays = {"x_train": ragged, "y_train": np.array([1, 0, 1, 0]),
+              "x_test": ragged, "y_test": np.array([0, 1, 0, 1]), **changes}
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+    return path
+
+
+def _cut_in_half(path):
+    return _write(path, path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def _damage_middle(path):
+    content = bytearray(path.read_bytes())
+    middle = len(content) // 3
+    content[middle:middle + 40] = bytes(40)  # Inside the first array, before the directory.
+    return _write(path, bytes(content))
+
+
+@pytest.mark.parametrize("make_path, expected", [
+    (lambda tmp: _cut_in_half(_valid_npz(tmp / "imdb.npz")), r"is not an \.npz file"),
+    (lambda tmp: _write(tmp / "imdb.npz", b"not a zip"), r"is not an \.npz file"),
+    (lambda tmp: _damage_middle(_valid_npz(tmp / "imdb.npz")), r"is a damaged \.npz"),
+    (lambda tmp: _valid_npz(tmp / "imdb.npz", y_test=None),
+     r"lacks array y_test \(it has x_train, y_train, x_test\)"),
+    (lambda tmp: _valid_npz(tmp / "imdb.npz", y_train=np.array([1, 0, 1])),
+     r"x_train has shape \(4,\) and y_train \(3,\)"),
+    (lambda tmp: _valid_npz(tmp / "imdb.npz", y_test=np.array([0, 1, 2, 1])),
+     r"y_test holds labels other than 0 and 1 \(e.g. 2\)"),
+    (lambda tmp: _valid_npz(tmp / "imdb.npz", y_test=np.array(["a", "b", "c", "d"])),
+     "y_test holds labels other than 0 and 1"),
+    (lambda tmp: _valid_npz(tmp / "imdb.npz", x_test=np.array(["w", "x", "y", "z"])),
+     r"x_test\[0\] is not a list of token ids"),
+    (lambda tmp: _valid_npz(tmp / "imdb.npz", x_train=np.array([[1], [-4], [2], [3]])),
+     r"x_train\[1\] is not a list of token ids"),
+])
+def test_broken_keras_npz_is_one_line_naming_the_file(tmp_path, make_path, expected):
+    path = make_path(tmp_path)
+    with pytest.raises(UserError, match=expected) as error:
+        data.load(Config(data_source="keras_npz", data_path=str(path)))
+    assert str(error.value).startswith(f"--data_path={path}")
+    assert "\n" not in str(error.value)
+
+
+def test_keras_npz_of_a_2d_array_reads_one_review_a_row(tmp_path):
+    path = _valid_npz(tmp_path / "imdb.npz", x_train=np.array([[4, 5], [6, 7], [8, 9], [1, 1]]))
+    train, _ = data.read_keras_npz(str(path))
+    assert [ids.tolist() for ids in train.reviews] == [[1, 7, 8], [1, 9, 10], [1, 11, 12],
+                                                       [1, 4, 4]]
+
+
 def test_tfds_source_reads_imdb_reviews():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=8):
@@ -162,6 +318,28 @@ def test_tfds_source_reads_imdb_reviews():
     assert isinstance(splits.train.reviews[0], str)
 
 
+def test_tfds_reviews_are_cut_on_read_on_the_kept_side():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=8):
+        whole, _ = data.read_tfds("")
+    with tfds.testing.mock_data(num_examples=8):
+        cut, _ = data.read_tfds("", data.TextLimit(5, from_end=True))
+    assert cut.reviews.dtype == object
+    assert list(cut.reviews) == [review[-5:] for review in whole.reviews]
+
+
 def _write(path, content: bytes):
     path.write_bytes(content)
+    return path
+
+
+def _write_zip(path, files: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return path
+
+
+def _write_npz(path, x, y):
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
     return path

@@ -266,9 +266,28 @@ def _read_archive(path: str, limit: TextLimit) -> Iterator[tuple[str, str, str, 
                 key = f"{split}/{label}/{file_name}"
                 stream = archive.extractfile(member)
                 yield key, split, label, _read_text(stream, limit, path, key)  # type: ignore[arg-type]
+            _check_ended(archive, path)
         except (*_TAR_ERRORS, UnicodeDecodeError) as error:
             raise UserError(f"--data_path={path} is truncated or corrupt ({_one_line(error)}); "
                             "download it again.") from None
+
+
+def _check_ended(archive: tarfile.TarFile, path: str) -> None:
+    """Raises UserError unless ``archive``'s members ended at its end-of-archive block.
+
+    tarfile ends its member list quietly at a header that is cut short, missing
+    or damaged, so a download cut between two reviews would pass for a smaller
+    dataset. A whole archive ends in a block of zeros where the next header would be;
+    the rest is read too, so that gzip, bzip2 or xz checks their own end and checksum.
+    """
+    stream = archive.fileobj
+    stream.seek(archive.offset)  # type: ignore[union-attr]
+    if stream.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:  # type: ignore[union-attr]
+        raise UserError(f"--data_path={path} is truncated or corrupt (it stops after "
+                        f"{len(archive.getmembers())} members, before the tar archive's end); "
+                        "download it again.")
+    while stream.read(_READ_CHUNK):  # type: ignore[union-attr]
+        pass
 
 
 def _open_archive(path: str) -> tarfile.TarFile:
