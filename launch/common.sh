@@ -3,6 +3,7 @@
 #   setting NAME DEFAULT HELP   declare a setting read from the environment
 #   parse_args "$@"             --help, --dry-run, --name=value for settings, `--` passthrough
 #   run CMD...                  print CMD shell-quoted, then run it (unless DRY_RUN=1)
+#   run_exec CMD...             the same, but CMD replaces this shell (the script's last step)
 # After parse_args: ARGS holds the script's own words (subcommand, N), TRAINER_ARGS
 # everything after `--`, passed to `python -m trainer.main` untouched.
 
@@ -100,6 +101,13 @@ quote_cmd() {
 run() {
   printf '+ %s\n' "$(quote_cmd "$@")" >&2
   if [[ $DRY_RUN != 1 ]]; then "$@"; fi
+}
+
+# run_exec CMD...: like run, but CMD takes over this process (and its PID), so a signal sent
+# to the script (a VM's shutdown script, a container's init) reaches CMD itself.
+run_exec() {
+  printf '+ %s\n' "$(quote_cmd "$@")" >&2
+  if [[ $DRY_RUN != 1 ]]; then exec "$@"; fi
 }
 
 # require NAME EXAMPLE: stop unless $NAME is set; a dry run uses a placeholder instead.

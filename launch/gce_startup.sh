@@ -7,11 +7,13 @@
 #   source-uri   this repo as a .tar.gz in gs:// (or a local folder)
 #   trainer-args the trainer flags, shell-quoted    data-uri  optional aclImdb .tar.gz
 #   keep-vm      1: do not shut down after training
-# Exit codes of the trainer: 0 -> write DONE and shut down; 75 -> preempted, leave the VM to
-# Compute Engine (it is stopping it); anything else -> write FAILED and shut down.
+# Exit codes of the trainer: 0 -> write DONE and shut down; 75 (it checkpointed on SIGTERM),
+# or any exit while the VM is stopping -> preempted: nothing is marked, the next boot
+# resumes; anything else -> write FAILED and shut down. The trainer's PID goes to
+# $WORK_DIR/trainer.pid for launch/gce_shutdown.sh, which signals it when the VM stops.
 # DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0; fi
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 0; fi
 
 WORK_DIR=${WORK_DIR:-/opt/tf-imdb}
 METADATA_URL=${METADATA_URL:-http://metadata.google.internal/computeMetadata/v1/instance/attributes}
@@ -28,6 +30,9 @@ run() {
 md() { curl -fsS -H 'Metadata-Flavor: Google' "$METADATA_URL/$1"; }
 
 mkdir -p "$WORK_DIR"
+# Left by the previous boot's shutdown script; this boot is a fresh start.
+rm -f "$WORK_DIR/trainer.pid" "$WORK_DIR/stopping"
+printf '%s\n' "$$" >"$WORK_DIR/startup.pid"
 log_file=$WORK_DIR/startup-$(date +%Y%m%d-%H%M%S).log
 exec > >(tee -a "$log_file") 2>&1   # also on the serial console: launch/gce_vm.sh logs
 
@@ -87,11 +92,28 @@ for _ in {1..30}; do
   sleep 10
 done
 
+# In the background, so its PID can be written down: Compute Engine stops this script's
+# service with KillMode=process, so only the script runner would hear the VM stopping.
+# gpu.sh ends by exec-ing the trainer, so the PID becomes the trainer's own.
 rc=0
-run env VENV="$WORK_DIR/venv" "$src/launch/gpu.sh" -- "${flags[@]}" "$@" || rc=$?
+cmd=(env "VENV=$WORK_DIR/venv" "$src/launch/gpu.sh" -- "${flags[@]}" "$@")
+printf '+ %s\n' "$(printf '%q ' "${cmd[@]}")"
+if [[ $DRY_RUN != 1 ]]; then
+  "${cmd[@]}" &
+  printf '%s\n' "$!" >"$WORK_DIR/trainer.pid"
+  wait "$!" || rc=$?
+  rm -f "$WORK_DIR/trainer.pid"
+fi
 say "the trainer exited with code $rc"
+if ((rc != 0)) && [[ -e $WORK_DIR/stopping ]]; then
+  say "the VM is stopping (launch/gce_shutdown.sh ran): treating exit $rc as a preemption"
+  rc=75
+fi
 case $rc in
   0) finish DONE ;;
-  75) say "preempted: the checkpoint is in $output_dir; 'launch/gce_vm.sh start' resumes" ;;
+  75)
+    say "preempted: the checkpoint is in $output_dir; 'launch/gce_vm.sh start' resumes"
+    run gcloud storage cp "$log_file" "$output_dir/vm-logs/" || true
+    ;;
   *) finish FAILED ;;
 esac

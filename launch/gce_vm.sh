@@ -9,7 +9,8 @@ USAGE="Usage: launch/gce_vm.sh [create|start|logs|status|results|delete] [--dry-
   create   (default) upload this repo to \$BUCKET/\$VM_NAME/source/, create the VM from a
            Deep Learning VM image. At every boot launch/gce_startup.sh installs the package
            and runs launch/gpu.sh -- --model_dir=\$BUCKET/\$VM_NAME TRAINER_FLAGS..., so
-           checkpoints, TensorBoard logs and metrics.json land in the bucket. When training
+           checkpoints, TensorBoard logs and metrics.json land in the bucket (with
+           ACCELERATOR_COUNT>0 TRAINER_FLAGS start with --require_gpu). When training
            succeeds the VM writes \$BUCKET/\$VM_NAME/DONE and shuts down (KEEP_VM=1: stays up).
   start    start the stopped VM again: after a spot preemption it resumes from the last
            checkpoint in the bucket
@@ -19,8 +20,9 @@ USAGE="Usage: launch/gce_vm.sh [create|start|logs|status|results|delete] [--dry-
   delete   delete the VM (the bucket keeps the outputs)
 
 SPOT=1 makes a spot VM (much cheaper; can be preempted at any time). Preemption STOPS it:
-the trainer checkpoints on the way down, and 'start' reruns the startup script, which
-resumes. A stopped VM costs only its disk. Needs: gcloud (logged in), a project with GPU quota.
+its shutdown script (launch/gce_shutdown.sh) sends SIGTERM to the trainer, which
+checkpoints to the bucket and exits 75 within Compute Engine's ~30 s, and 'start' reruns
+the startup script, which resumes. A stopped VM costs only its disk. Needs: gcloud (logged in), a project with GPU quota.
 
 Examples:
   BUCKET=gs://my-bucket/tf-imdb SPOT=1 launch/gce_vm.sh create -- --epochs=10
@@ -62,7 +64,10 @@ case $command in
 
     log "2/2 creating the VM; it trains at boot and writes to $output_dir"
     # Trainer flags travel as one shell-quoted string that the VM reads back with eval.
-    metadata_files=("startup-script=$LAUNCH_DIR/gce_startup.sh")
+    metadata_files=("startup-script=$LAUNCH_DIR/gce_startup.sh"
+      "shutdown-script=$LAUNCH_DIR/gce_shutdown.sh")
+    # A VM asked for GPUs must not quietly train on its CPU (a driver or CUDA problem).
+    if ((ACCELERATOR_COUNT > 0)); then TRAINER_ARGS=(--require_gpu "${TRAINER_ARGS[@]}"); fi
     if ((${#TRAINER_ARGS[@]})); then
       quote_words "${TRAINER_ARGS[@]}" >"$TMP_DIR/trainer-args"
       show_file "$TMP_DIR/trainer-args"

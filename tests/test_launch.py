@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ LAUNCH = REPO / "launch"
 FAKEBIN = Path(__file__).resolve().parent / "fakebin"
 FAKES = ["gcloud", "docker", "nvidia-smi", "curl", "apt-get", "shutdown"]
 SCRIPTS = ["local.sh", "gpu.sh", "multiworker.sh", "gce_vm.sh", "vertex_submit.sh"]
+GPU_FLAGS = ["--precision=mixed_float16", "--require_gpu"]  # what gpu.sh adds after --strategy
 NOTE = """--note=it's a "quoted" value with spaces"""
 # Settings the scripts read; a value leaking in from the caller's shell would change the run.
 SETTING_NAMES = {
@@ -30,7 +32,8 @@ SETTING_NAMES = {
     "ACCELERATOR_COUNT", "REPLICAS", "SPOT", "IMAGE_URI", "JOB_NAME", "SKIP_BUILD", "VM_NAME",
     "DISK_SIZE", "IMAGE_FAMILY", "DATA_URI", "KEEP_VM", "VENV", "PYTHON", "REINSTALL", "SMOKE",
     "IMDB_ARCHIVE", "PRECISION", "PROFILE", "PROFILE_STEPS", "LOG_DIR", "TF_CONFIG",
-    "WORK_DIR", "METADATA_URL",
+    "WORK_DIR", "METADATA_URL", "CHECK", "TIMEOUT", "TENSORBOARD", "SERVICE_ACCOUNT",
+    "GRACE_SECS",
 }
 
 
@@ -75,6 +78,8 @@ def launch(tmp_path: Path):
                               capture_output=True, text=True, timeout=timeout, check=False)
         return Run(proc, log)
 
+    run.env = base_env
+    run.log = log
     return run
 
 
@@ -177,14 +182,30 @@ def test_gpu_mirrored_on_two_gpus(launch, fake_venv):
     run = launch("gpu.sh", "--", NOTE, VENV=str(fake_venv), FAKE_GPUS="2", FAKE_TF_GPUS="2")
     assert run.rc == 0, run.stderr
     assert run.argvs("nvidia-smi")
-    assert run.trainer_argvs() == [["--strategy=mirrored", "--precision=mixed_float16", NOTE]]
+    assert run.trainer_argvs() == [["--strategy=mirrored", *GPU_FLAGS, NOTE]]
 
 
 def test_gpu_one_device_with_profiling(launch, fake_venv):
     run = launch("gpu.sh", "--profile", "--", "--epochs=2", VENV=str(fake_venv), FAKE_GPUS="1")
     assert run.rc == 0, run.stderr
-    assert run.trainer_argvs() == [["--strategy=one_device", "--precision=mixed_float16",
+    assert run.trainer_argvs() == [["--strategy=one_device", *GPU_FLAGS,
                                     "--profile_steps=10,15", "--epochs=2"]]
+
+
+def test_gpu_keeps_a_require_gpu_given_once(launch, fake_venv):
+    run = launch("gpu.sh", "--", "--require_gpu", "--epochs=2", VENV=str(fake_venv))
+    assert run.rc == 0, run.stderr
+    assert run.trainer_argvs() == [["--strategy=one_device", "--precision=mixed_float16",
+                                    "--require_gpu", "--epochs=2"]]
+
+
+def test_gpu_check_runs_the_acceptance_check_instead_of_training(launch, fake_venv):
+    run = launch("gpu.sh", "--check", "--", "--data_path=/d.tar.gz", VENV=str(fake_venv))
+    assert run.rc == 0, run.stderr
+    assert run.trainer_argvs() == []
+    assert run.argvs("python")[-1] == ["-m", "benchmarks.gpu_check", "--data_path=/d.tar.gz"]
+    dry = launch("gpu.sh", "--check", "--dry-run", VENV=str(fake_venv))
+    assert [c[1:3] for c in dry.printed_commands()][-1] == ["-m", "benchmarks.gpu_check"]
 
 
 def test_gpu_installs_gpu_extra_into_its_own_venv(launch, fake_venv):
@@ -302,14 +323,18 @@ def test_gce_create_spot_vm(launch):
     assert upload[3] == "gs://my-bucket/runs/imdb-1/source/source.tar.gz"
     tmp = Path(upload[2]).parent
     startup, args_file = f"{LAUNCH}/gce_startup.sh", f"{tmp}/trainer-args"
-    assert create == gce_create_flags(True, f"startup-script={startup},trainer-args={args_file}")
+    shutdown = f"{LAUNCH}/gce_shutdown.sh"
+    assert create == gce_create_flags(
+        True, f"startup-script={startup},shutdown-script={shutdown},trainer-args={args_file}")
     files = [c["files"] for c in run.calls if c["tool"] == "gcloud"]
     source = files[0][upload[2]]
     assert "./launch/gce_startup.sh" in source and "./trainer/main.py" in source
     assert not [name for name in source if ".venv" in name or name.startswith("./.git/")]
     assert files[1][startup] == (LAUNCH / "gce_startup.sh").read_text()
-    # The flags reach the VM as one string that bash reads back into the same words.
-    assert bash_words(files[1][args_file]) == ["--epochs=3", NOTE]
+    assert files[1][shutdown] == (LAUNCH / "gce_shutdown.sh").read_text()
+    # The flags reach the VM as one string that bash reads back into the same words; a VM
+    # with GPUs must use them.
+    assert bash_words(files[1][args_file]) == ["--require_gpu", "--epochs=3", NOTE]
     assert not tmp.exists()  # temporary files are cleaned up
 
 
@@ -317,7 +342,21 @@ def test_gce_create_on_demand_vm_without_flags(launch):
     run = launch("gce_vm.sh", **GCE_ENV)
     assert run.rc == 0, run.stderr
     create = run.argvs("gcloud")[1]
-    assert create == gce_create_flags(False, f"startup-script={LAUNCH}/gce_startup.sh")
+    args_file = f"{Path(run.argvs('gcloud')[0][2]).parent}/trainer-args"
+    assert create == gce_create_flags(
+        False, f"startup-script={LAUNCH}/gce_startup.sh,shutdown-script={LAUNCH}/gce_shutdown.sh,"
+        f"trainer-args={args_file}")
+    assert bash_words(run.calls[1]["files"][args_file]) == ["--require_gpu"]
+
+
+def test_gce_vm_without_accelerators_adds_no_flags(launch):
+    run = launch("gce_vm.sh", **{**GCE_ENV, "ACCELERATOR_COUNT": "0",
+                                 "MACHINE_TYPE": "g2-standard-8"})
+    assert run.rc == 0, run.stderr
+    create = run.argvs("gcloud")[1]
+    assert not [f for f in create if f.startswith("--accelerator")]
+    assert (f"--metadata-from-file=startup-script={LAUNCH}/gce_startup.sh,"
+            f"shutdown-script={LAUNCH}/gce_shutdown.sh") in create
 
 
 def test_gce_dry_run_prints_the_same_commands(launch):
@@ -331,7 +370,7 @@ def test_gce_dry_run_prints_the_same_commands(launch):
     assert [[w.replace(tmp_dry, tmp_real) for w in c[1:]] for c in printed] == real.argvs("gcloud")
     lines = dry.stderr.splitlines()  # the trainer-args file is shown too
     shown = lines[lines.index(next(x for x in lines if x.endswith("/trainer-args ---"))) + 1]
-    assert bash_words(shown.strip()) == [NOTE]
+    assert bash_words(shown.strip()) == ["--require_gpu", NOTE]
 
 
 @pytest.mark.parametrize(("command", "expected"), [
@@ -383,6 +422,7 @@ def boot(launch, tmp_path, fake_venv):
         return launch("gce_startup.sh", **env)
 
     run.metadata = metadata
+    run.work = work
     return run
 
 
@@ -400,9 +440,10 @@ def test_vm_boot_trains_with_the_flags_given_to_gce_vm(launch, boot):
     (boot.metadata / "trainer-args").write_text(args_text)
     run = boot(0)
     assert run.rc == 0, run.stdout + run.stderr
+    # gce_vm.sh asked for --require_gpu already, so gpu.sh does not add a second one.
     assert run.trainer_argvs() == [["--strategy=one_device", "--precision=mixed_float16",
-                                    "--model_dir=gs://my-bucket/runs/imdb-1", "--epochs=3",
-                                    NOTE]]
+                                    "--model_dir=gs://my-bucket/runs/imdb-1", "--require_gpu",
+                                    "--epochs=3", NOTE]]
     gcloud = run.argvs("gcloud")
     assert ["storage", "cp", "-", "gs://my-bucket/runs/imdb-1/DONE"] in gcloud
     assert ["storage", "cp", gcloud[-1][2], "gs://my-bucket/runs/imdb-1/vm-logs/"] in gcloud
@@ -424,6 +465,58 @@ def test_vm_boot_failure_marks_failed_and_shuts_down(boot):
     assert run.argvs("shutdown") == [["-h", "now"]]
 
 
+def test_vm_shutdown_script_help(launch):
+    run = launch("gce_shutdown.sh", "--help")
+    assert run.rc == 0
+    assert "trainer.pid" in run.stdout and "GRACE_SECS" in run.stdout
+
+
+def test_vm_shutdown_without_a_trainer_does_nothing(launch, tmp_path):
+    (tmp_path / "work").mkdir()
+    run = launch("gce_shutdown.sh", WORK_DIR=str(tmp_path / "work"))
+    assert run.rc == 0
+    assert "no trainer is running" in run.stdout
+
+
+def test_vm_stopping_mid_run_is_a_preemption_not_a_failure(launch, boot, tmp_path):
+    """The shutdown script signals the trainer the boot started; its exit marks nothing."""
+    env = {**launch.env, "FAKE_METADATA_DIR": str(boot.metadata), "WORK_DIR": str(boot.work),
+           "FAKE_TRAINER_SLEEP": "300", "FAKE_FAIL": "storage ls"}
+    startup = subprocess.Popen(["bash", str(LAUNCH / "gce_startup.sh")], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in startup.stdout:  # the fake trainer prints once it runs
+            lines.append(line)
+            if line.startswith("fake trainer"):
+                break
+        pid = int((boot.work / "trainer.pid").read_text())
+        started = [json.loads(x) for x in launch.log.read_text().splitlines()]
+        # gpu.sh exec-ed the trainer: the PID the boot wrote down is the trainer's own.
+        assert [c["pid"] for c in started if c["argv"][:2] == ["-m", "trainer.main"]] == [pid]
+        # In the background: the boot must be reaped (as the VM's script runner does) for
+        # the shutdown script to see it end.
+        stop = subprocess.Popen(["bash", str(LAUNCH / "gce_shutdown.sh")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines.extend(startup.stdout)
+        assert startup.wait(timeout=60) == 0
+        stop_output = stop.communicate(timeout=60)[0]
+        assert stop.returncode == 0, stop_output
+        assert f"SIGTERM to the trainer (pid {pid})" in stop_output
+        assert "the trainer has exited" in stop_output
+        assert "had not finished" not in stop_output
+    finally:
+        startup.kill()
+    output = "".join(lines)
+    assert "treating exit 143 as a preemption" in output and "preempted:" in output
+    calls = [json.loads(x) for x in launch.log.read_text().splitlines()]
+    assert not [c for c in calls if c["tool"] == "shutdown"]
+    assert not [c["argv"] for c in calls if c["tool"] == "gcloud"
+                and c["argv"][:2] == ["storage", "cp"]
+                and c["argv"][-1].endswith(("/DONE", "/FAILED"))]
+    assert not (boot.work / "trainer.pid").exists()
+
+
 def test_vm_boot_of_a_finished_run_does_not_train(boot):
     run = boot(0, FAKE_FAIL="nothing")  # gcloud storage ls finds DONE
     assert run.rc == 0
@@ -436,7 +529,10 @@ def test_vm_boot_of_a_finished_run_does_not_train(boot):
 VERTEX_ENV = {"PROJECT": "my-proj", "REGION": "europe-west4", "BUCKET": "gs://my-bucket/vx",
               "JOB_NAME": "job-1", "MACHINE_TYPE": "g2-standard-24",
               "ACCELERATOR_TYPE": "nvidia-l4", "ACCELERATOR_COUNT": "2"}
-IMAGE = "europe-west4-docker.pkg.dev/my-proj/tf-imdb/trainer:latest"
+
+IMAGE = "europe-west4-docker.pkg.dev/my-proj/tf-imdb/trainer:abc1234"
+VERTEX_ENV["IMAGE_URI"] = IMAGE  # the default, a tag of the git commit: see test_vertex_image_tag
+DAY = {"timeout": "86400s"}  # TIMEOUT's default, 24h
 
 
 def submitted_config(run: Run) -> dict:
@@ -460,6 +556,7 @@ def test_vertex_builds_pushes_and_submits_a_spot_job(launch):
     run = launch("vertex_submit.sh", "--", "--epochs=3", NOTE, SPOT="1", **VERTEX_ENV)
     assert run.rc == 0, run.stderr
     assert run.argvs("docker") == [
+        ["info"],  # is there a docker engine here?
         ["build", "--platform=linux/amd64", "-f", f"{LAUNCH}/Dockerfile", "-t", IMAGE, str(REPO)],
         ["push", IMAGE],
     ]
@@ -467,8 +564,8 @@ def test_vertex_builds_pushes_and_submits_a_spot_job(launch):
                                       "--quiet"]
     assert submitted_config(run) == {
         "baseOutputDirectory": {"outputUriPrefix": "gs://my-bucket/vx/job-1"},
-        "scheduling": {"strategy": "SPOT"},
-        "workerPoolSpecs": [pool(1, ["--epochs=3", NOTE])],
+        "scheduling": {**DAY, "strategy": "SPOT"},
+        "workerPoolSpecs": [pool(1, ["--require_gpu", "--epochs=3", NOTE])],
     }
     assert not [c for c in run.calls if "token" in " ".join(c["argv"])]
 
@@ -477,27 +574,97 @@ def test_vertex_multi_replica_job_uses_multi_worker(launch):
     run = launch("vertex_submit.sh", "--skip-build", "--", NOTE, REPLICAS="3", **VERTEX_ENV)
     assert run.rc == 0, run.stderr
     assert run.argvs("docker") == []
-    args = ["--strategy=multi_worker", NOTE]
+    args = ["--strategy=multi_worker", "--require_gpu", NOTE]
     assert submitted_config(run) == {
         "baseOutputDirectory": {"outputUriPrefix": "gs://my-bucket/vx/job-1"},
+        # Workers of MultiWorkerMirroredStrategy cannot rejoin: one restart restarts all.
+        "scheduling": {**DAY, "restartJobOnWorkerRestart": True},
         "workerPoolSpecs": [pool(1, args), pool(2, args)],
     }
 
 
 def test_vertex_cpu_job_with_own_image(launch):
     image = "gcr.io/other/trainer:v2"
-    run = launch("vertex_submit.sh", IMAGE_URI=image, SKIP_BUILD="1",
-                 **{**VERTEX_ENV, "ACCELERATOR_COUNT": "0"})
+    run = launch("vertex_submit.sh", SKIP_BUILD="1",
+                 **{**VERTEX_ENV, "ACCELERATOR_COUNT": "0", "IMAGE_URI": image})
     assert run.rc == 0, run.stderr
     (spec,) = submitted_config(run)["workerPoolSpecs"]
     assert spec["machineSpec"] == {"machineType": "g2-standard-24"}
-    assert spec["containerSpec"] == {"imageUri": image, "args": []}
+    assert spec["containerSpec"] == {"imageUri": image, "args": []}  # no --require_gpu
+
+
+def test_vertex_image_tag_names_the_commit(tmp_path):
+    """Without IMAGE_URI the image is tagged with the git commit, -dirty when uncommitted."""
+    repo = tmp_path / "repo"
+    shutil.copytree(LAUNCH, repo / "launch")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+
+    def default_image() -> str:
+        env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+        env.update(PATH=f"{FAKEBIN}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=os.devnull)
+        run = subprocess.run(["bash", str(repo / "launch" / "vertex_submit.sh"), "build",
+                              "--dry-run", "--project=my-proj"], env=env, capture_output=True,
+                             text=True, check=True)
+        return next(c[-2] for c in Run(run, tmp_path / "none").printed_commands()
+                    if c[:2] == ["docker", "build"])
+
+    prefix = "us-central1-docker.pkg.dev/my-proj/tf-imdb/trainer:"
+    assert re.fullmatch(re.escape(prefix) + r"dev-\d{8}-\d{6}", default_image())  # no git
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert default_image() == prefix + sha
+    (repo / "launch" / "local.sh").write_text("# changed\n")
+    assert default_image() == prefix + sha + "-dirty"
+
+
+def test_vertex_timeout_tensorboard_and_service_account(launch):
+    tensorboard = "projects/my-proj/locations/europe-west4/tensorboards/123"
+    account = "trainer@my-proj.iam.gserviceaccount.com"
+    run = launch("vertex_submit.sh", "--skip-build", TIMEOUT="90m", TENSORBOARD=tensorboard,
+                 SERVICE_ACCOUNT=account, **VERTEX_ENV)
+    assert run.rc == 0, run.stderr
+    config = submitted_config(run)
+    assert config["scheduling"] == {"timeout": "5400s"}
+    assert config["tensorboard"] == tensorboard and config["serviceAccount"] == account
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"TENSORBOARD": "projects/p/locations/r/tensorboards/1"}, "TENSORBOARD needs SERVICE_ACCOUNT"),
+    ({"TENSORBOARD": "my-board", "SERVICE_ACCOUNT": "a@p.iam.gserviceaccount.com"},
+     "use projects/PROJECT/locations/REGION/tensorboards/ID"),
+    ({"TIMEOUT": "soon"}, "TIMEOUT=soon: give a duration like 90m, 24h or 86400s"),
+])
+def test_vertex_bad_settings_stop_in_one_line(launch, env, needle):
+    run = launch("vertex_submit.sh", **VERTEX_ENV, **env)
+    assert run.rc == 1
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("[vertex_submit.sh] error: ") and needle in line
+    assert run.calls == []
+
+
+def test_vertex_without_docker_builds_with_cloud_build(launch):
+    run = launch("vertex_submit.sh", FAKE_FAIL="docker info", **VERTEX_ENV)
+    assert run.rc == 0, run.stderr
+    assert run.argvs("docker") == [["info"]]
+    (build,) = [c for c in run.calls if c["argv"][:2] == ["builds", "submit"]]
+    config_path = build["argv"][3].removeprefix("--config=")
+    assert build["argv"] == ["builds", "submit", str(REPO), f"--config={config_path}",
+                             "--ignore-file=launch/Dockerfile.dockerignore", "--project=my-proj"]
+    assert json.loads(build["files"][config_path]) == {
+        "steps": [{"name": "gcr.io/cloud-builders/docker",
+                   "args": ["build", "--platform=linux/amd64", "-f", "launch/Dockerfile",
+                            "-t", IMAGE, "."]}],
+        "images": [IMAGE], "timeout": "3600s"}
+    assert submitted_config(run)["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == IMAGE
 
 
 def test_vertex_dry_run_prints_the_job_spec(launch):
     run = launch("vertex_submit.sh", "--dry-run", "--", NOTE, **VERTEX_ENV)
     assert run.rc == 0, run.stderr
-    assert run.calls == []
+    assert run.argvs("docker") == [["info"]] and len(run.calls) == 1  # only looks
     assert [c[:3] for c in run.printed_commands()] == [
         ["docker", "build", "--platform=linux/amd64"], ["gcloud", "auth", "configure-docker"],
         ["docker", "push", IMAGE], ["gcloud", "ai", "custom-jobs"]]
@@ -520,8 +687,11 @@ def test_vertex_config_is_accepted_by_gcloud_parser(launch, tmp_path):
     python = sdk / "platform" / "bundledpythonunix" / "bin" / "python3"
     if not python.exists():
         pytest.skip("no Google Cloud SDK with its bundled Python at /usr/lib/google-cloud-sdk")
-    run = launch("vertex_submit.sh", "--", NOTE, SPOT="1", REPLICAS="2", **VERTEX_ENV)
+    run = launch("vertex_submit.sh", "--", NOTE, SPOT="1", REPLICAS="2",
+                 TENSORBOARD="projects/p/locations/r/tensorboards/1",
+                 SERVICE_ACCOUNT="sa@p.iam.gserviceaccount.com", **VERTEX_ENV)
     config = submitted_config(run)
+    assert {"timeout", "strategy", "restartJobOnWorkerRestart"} <= set(config["scheduling"])
     check = """
 import json, sys
 sys.path[:0] = [sys.argv[1] + "/lib", sys.argv[1] + "/lib/third_party"]
