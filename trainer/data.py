@@ -3,6 +3,7 @@
 One batch's journey::
 
     load()         raw reviews + labels from aclImdb (folder or .tar.gz), tfds or imdb.npz,
+                   each cut on read to what max_len tokens can use (``text_limit``),
                    cut to a class-balanced subset, validation held out of train
     make_vectorizer()  TextVectorization adapted on the training reviews only
     encode()       review -> token ids (truncated to max_len), once, kept in memory
@@ -186,7 +187,10 @@ def read_aclimdb(path: str, limit: TextLimit = TextLimit()) -> tuple[Split, Spli
 
 
 def _object_array(items: list) -> np.ndarray:
-    """A 1-D object array of ``items``; ``np.array`` would make strings fixed-width."""
+    """A 1-D object array of ``items``, each kept as it is.
+
+    ``np.array(items)`` would make strings one fixed width, the longest's.
+    """
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array
@@ -230,7 +234,12 @@ def _read_folder(root: str, limit: TextLimit) -> Iterator[tuple[str, str, str, s
             folder = os.path.join(base, split, label)
             if not os.path.isdir(folder):
                 continue
-            for name in os.listdir(folder):
+            try:
+                names = os.listdir(folder)
+            except OSError as error:
+                raise UserError(f"cannot list --data_path folder {folder}: {error.strerror}; "
+                                "check its permissions.") from None
+            for name in names:
                 if name.endswith(".txt"):
                     file_path = os.path.join(folder, name)
                     key = f"{split}/{label}/{name}"
@@ -343,6 +352,7 @@ def read_tfds(data_dir: str, limit: TextLimit = TextLimit()) -> tuple[Split, Spl
         texts, labels = [], []
         try:
             for text, label in tfds.as_numpy(ds):
+                # tfds checksums its download; a stray byte need not stop the run.
                 texts.append(limit.cut(text.decode("utf-8", errors="replace")))
                 labels.append(label)
         except tf.errors.OpError as error:  # A damaged record file of the prepared dataset.
