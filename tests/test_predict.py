@@ -6,11 +6,16 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
+import threading
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
-from trainer import predict
+from trainer import data, export, model, predict
+from trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 POSITIVE = ("This movie was wonderful, the acting was superb and the story moving. One of the "
@@ -20,11 +25,41 @@ NEGATIVE = ("Awful. Boring, badly acted, the worst film I have ever seen; a tota
 LINE = re.compile(r'^(?P<probability>[01]\.\d{4})  (?P<label>positive|negative)  "(?P<words>.*)"$')
 
 
-def run_predict(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+# Runs predict as a child of a fresh interpreter and prints the child's peak RSS in KiB:
+# RUSAGE_CHILDREN of the test process would also count the trainer runs of other tests.
+PEAK_RSS_OF_PREDICT = textwrap.dedent("""
+    import resource, subprocess, sys
+    code = subprocess.run([sys.executable, "-m", "trainer.predict", *sys.argv[1:]]).returncode
+    print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+    sys.exit(code)
+""")
+
+
+def run_predict(*args: str, stdin: str | bytes | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "trainer.predict", *args], cwd=REPO, env=env,
-                          input=stdin if stdin is not None else "", capture_output=True,
-                          text=True, timeout=120)
+    stdin = stdin if stdin is not None else ""
+    process = subprocess.run([sys.executable, "-m", "trainer.predict", *args], cwd=REPO,
+                             env=env, input=stdin.encode() if isinstance(stdin, str) else stdin,
+                             capture_output=True, timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode,
+                                       process.stdout.decode(), process.stderr.decode())
+
+
+@pytest.fixture(scope="module")
+def full_size_export(tmp_path_factory) -> Path:
+    """An untrained export of the real model's size, with the article's padding to 500.
+
+    Without a mask every batch runs all 500 steps however short its reviews
+    are: the case where scoring all input in one batch took 16.5 GB.
+    """
+    config = Config(model_dir=str(tmp_path_factory.mktemp("full") / "run"), padding="pre",
+                    bucket_by_length=False, lean_lstm=False)
+    assert (config.vocab_size, config.lstm_units, config.max_len) == (10000, 100, 500)
+    reviews = np.array([POSITIVE, NEGATIVE] * 4, dtype=object)
+    train = data.Split(reviews, np.arange(len(reviews), dtype=np.int32) % 2)
+    keras.utils.set_random_seed(0)
+    export.save(config, model.build(config), data.make_vectorizer(train, config))
+    return Path(config.model_dir)
 
 
 def parse(stdout: str) -> list[dict[str, str]]:
@@ -76,6 +111,82 @@ def test_unreadable_model_dir_is_a_one_line_error(tmp_path, folder, needle):
     assert "Traceback" not in process.stderr
     [error] = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert needle in error
+
+
+@pytest.mark.slow
+def test_ten_thousand_piped_reviews_keep_memory_flat_and_their_order(full_size_export):
+    reviews = [f"Review {i} of a film {'I loved ' if i % 2 else 'so dull '}" * 3
+               for i in range(10_000)]
+    process = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_PREDICT, f"--model_dir={full_size_export}"],
+        cwd=REPO, input="\n".join(reviews) + "\n", capture_output=True, text=True,
+        timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    words = [line["words"] for line in parse(process.stdout)]
+    assert words == [" ".join(review.split()[:predict.PREVIEW_WORDS]) + " ..."
+                     for review in reviews]
+    peak_gib = int(process.stderr.splitlines()[-1]) / 2**20
+    # Scored all at once, padded to 500, 10,000 reviews took 16.5 GB.
+    assert peak_gib < 1.5, f"predict peaked at {peak_gib:.2f} GiB"
+
+
+def test_stdin_is_scored_as_it_comes(full_size_export):
+    # Each line is answered while stdin is still open: nothing waits for the end of input.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.predict", f"--model_dir={full_size_export}",
+         "--batch_size=1"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(300, process.kill)  # Only a hang ever waits this long.
+    watchdog.start()
+    try:
+        for review in ("First review, still typing.", "Second one."):
+            process.stdin.write(review + "\n")
+            process.stdin.flush()
+            [line] = parse(process.stdout.readline())
+            assert line["words"] == review
+        process.stdin.close()
+        assert process.wait() == 0 and process.stdout.read() == ""
+    finally:
+        watchdog.cancel()
+        process.kill()
+
+
+def test_non_utf8_stdin_is_a_one_line_error_naming_the_line(full_size_export):
+    process = run_predict(f"--model_dir={full_size_export}", "--batch_size=1",
+                          stdin=b"A fine film.\n\nCaf\xe9 scenes, in Latin-1.\nNever read.\n")
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    # The reviews before it, in their own batch, were already scored and printed.
+    assert [line["words"] for line in parse(process.stdout)] == ["A fine film."]
+    [error] = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: stdin line 3 is not valid UTF-8")
+
+
+def test_blank_stdin_is_a_one_line_error(full_size_export):
+    process = run_predict(f"--model_dir={full_size_export}", stdin="\n  \n")
+    assert (process.returncode, process.stdout) == (2, "")
+    assert process.stderr.splitlines()[-1] == "error: no reviews: stdin held no non-blank lines."
+
+
+def test_arguments_are_scored_in_batches_in_order(full_size_export):
+    reviews = [f"Argument number {i}." for i in range(5)]
+    process = run_predict(f"--model_dir={full_size_export / 'export' / '1'}", "--batch_size=2",
+                          *reviews)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert [line["words"] for line in parse(process.stdout)] == reviews
+
+
+def test_batches_are_taken_without_reading_ahead():
+    read = []
+
+    def lines():
+        for i in range(5):
+            read.append(i)
+            yield str(i)
+
+    batches = predict.batched(lines(), 2)
+    assert next(batches) == ["0", "1"] and read == [0, 1]
+    assert list(batches) == [["2", "3"], ["4"]]
 
 
 def test_line_shows_probability_label_and_first_words():

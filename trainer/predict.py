@@ -6,22 +6,28 @@ Commands people type::
     cat reviews.txt | python -m trainer.predict --model_dir=runs/smoke    # one review a line
     python -m trainer.predict --model_dir=gs://bucket/run/export "Loved it."
 
-Each review gives one line: P(positive), the label, and the review's first words::
+Each review gives one line, in input order: P(positive), the label, and the
+review's first words::
 
     0.9731  positive  "A wonderful film."
 
-``--model_dir`` is a run's folder (its ``export/`` is loaded) or an export
-folder itself. Only TensorFlow is needed: the export holds the vocabulary and
-the text standardization.
+Reviews are scored ``--batch_size`` at a time and stdin is read as it comes, so
+memory stays flat however many reviews are piped in, and each batch's lines are
+printed as soon as it is scored. stdin must be UTF-8; blank lines are skipped.
+
+``--model_dir`` is a run's folder (the highest version in its ``export/`` is
+loaded), an export folder, or one version folder. Only TensorFlow is needed:
+the export holds the vocabulary and the text standardization.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging as py_logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
@@ -44,40 +50,70 @@ def define_flags() -> None:
     """
     flags.DEFINE_string(
         "model_dir", "",
-        "A training run's --model_dir (its export/ folder is loaded) or an export folder "
-        "itself. Local or gs://.")
+        "A training run's --model_dir (the highest version in its export/ folder is loaded), "
+        "an export folder, or one version folder. Local or gs://.")
     flags.DEFINE_float(
         "threshold", 0.5,
         "Probability above which a review is labeled positive (training's accuracy uses 0.5).",
         lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer(
+        "batch_size", 64,
+        "Reviews scored at a time. Memory grows with it, not with the number of reviews; "
+        "each batch's lines are printed once it is scored.", lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
     """Reads reviews from the arguments (or stdin), scores them, prints one line each."""
     try:
         score = export.load(FLAGS.model_dir)  # First: a wrong folder is the likelier mistake.
-        reviews = read_reviews(argv[1:], sys.stdin)
+        reviews = read_reviews(argv[1:], sys.stdin.buffer)
+        scored = 0
+        for batch in batched(reviews, FLAGS.batch_size):
+            for review, probability in zip(batch, score(batch), strict=True):
+                print(format_line(review, float(probability), FLAGS.threshold))
+            sys.stdout.flush()  # A batch's lines as soon as it is scored, also into a pipe.
+            scored += len(batch)
+        if not scored:
+            raise UserError("no reviews: stdin held no non-blank lines.")
     except UserError as error:
         exit_with(f"error: {error}")
-    for review, probability in zip(reviews, score(reviews), strict=True):
-        print(format_line(review, float(probability), FLAGS.threshold), flush=True)
 
 
-def read_reviews(args: Sequence[str], stdin: TextIO) -> list[str]:
-    """The reviews: the arguments if any, else the non-blank lines of stdin.
+def read_reviews(args: Sequence[str], stdin: BinaryIO) -> Iterator[str]:
+    """The reviews: the arguments if any, else the non-blank lines of stdin, as they come.
+
+    stdin is read as bytes and decoded line by line, so a bad byte is reported
+    with its line number, and lines are yielded without reading ahead.
 
     Raises:
-      UserError: there are none (or stdin is a terminal, where waiting would look like a hang).
+      UserError: stdin is a terminal (where waiting would look like a hang), or
+        a line of it is not UTF-8 (raised when that line is reached).
     """
     if args:
-        return list(args)
+        return iter(args)
     if stdin.isatty():
         raise UserError('no reviews: give them as arguments ("A wonderful film.") or as lines '
                         "on stdin (cat reviews.txt | python -m trainer.predict ...).")
-    reviews = [line.strip() for line in stdin if line.strip()]
-    if not reviews:
-        raise UserError("no reviews: stdin held no non-blank lines.")
-    return reviews
+    return _stdin_lines(stdin)
+
+
+def _stdin_lines(stdin: BinaryIO) -> Iterator[str]:
+    for number, raw in enumerate(stdin, start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise UserError(f"stdin line {number} is not valid UTF-8 (byte {error.start + 1}: "
+                            f"{raw[error.start:error.start + 1]!r}); convert the file, e.g. "
+                            "iconv -f latin1 -t utf-8 reviews.txt.") from None
+        if line:
+            yield line
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def format_line(review: str, probability: float, threshold: float) -> str:
