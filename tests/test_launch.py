@@ -737,3 +737,74 @@ def test_multiworker_trains_for_real_with_two_workers(tmp_path, imdb_archive):
     assert {p.name for p in model_dir.glob("worker-*.log")} == {"worker-0.log", "worker-1.log"}
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics
+
+
+def write_gpu_standin_python(path: Path) -> None:
+    """A venv python for gpu.sh on a CPU machine: the real trainer, with the CPU as its GPU.
+
+    It answers gpu.sh's "how many GPUs does TensorFlow see" with 1 and drops
+    --require_gpu; everything else execs this test's Python (same PID, real signals).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""#!/usr/bin/env bash
+case "$*" in *list_physical_devices*) echo 1; exit 0 ;; esac
+args=()
+for arg in "$@"; do [[ $arg == --require_gpu ]] || args+=("$arg"); done
+exec {shlex.quote(sys.executable)} "${{args[@]}}"
+""")
+    path.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_spot_preemption_on_gce_checkpoints_then_the_next_boot_resumes(
+        launch, tmp_path, imdb_archive):
+    """The VM's two scripts with a real trainer, a local folder standing in for the bucket.
+
+    Boot 1 trains until a progress line, then the shutdown script (what Compute Engine
+    runs when it takes a spot VM) sends SIGTERM: the trainer saves and exits 75, and
+    neither DONE nor FAILED is written. Boot 2 resumes from that checkpoint and finishes.
+    """
+    bucket = tmp_path / "bucket" / "imdb-1"
+    metadata = tmp_path / "metadata"
+    metadata.mkdir()
+    (metadata / "output-dir").write_text(str(bucket))
+    (metadata / "source-uri").write_text(str(REPO))
+    flags = ["--smoke_test", f"--data_path={imdb_archive}", "--max_train_examples=600",
+             "--max_test_examples=200", "--max_len=64", "--epochs=2", "--batch_size=16",
+             "--checkpoint_every_steps=2", "--log_every_steps=1"]
+    (metadata / "trainer-args").write_text(shlex.join(flags))
+    work = tmp_path / "work"
+    write_gpu_standin_python(work / "venv" / "bin" / "python")
+    env = {**launch.env, "FAKE_METADATA_DIR": str(metadata), "WORK_DIR": str(work),
+           "PRECISION": "float32", "GRACE_SECS": "120"}  # generous: 2 busy cores
+    boot = subprocess.Popen(["bash", str(LAUNCH / "gce_startup.sh")], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in boot.stdout:  # training is under way: a "step N/M" progress line
+            lines.append(line)
+            if re.search(r"\bepoch 1/2 \| step \d+/", line):
+                break
+        stop = subprocess.Popen(["bash", str(LAUNCH / "gce_shutdown.sh")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines.extend(boot.stdout)
+        assert boot.wait(timeout=300) == 0, "".join(lines[-30:])
+        stop_output = stop.communicate(timeout=300)[0]
+    finally:
+        boot.kill()
+    output = "".join(lines)
+    assert "the trainer has exited" in stop_output, stop_output
+    assert "the trainer exited with code 75" in output, output[-3000:]
+    assert "preempted: stopped by SIGTERM at step" in output
+    assert list((bucket / "checkpoints").glob("ckpt-*.index"))
+    assert not (bucket / "DONE").exists() and not (bucket / "FAILED").exists()
+    assert not (bucket / "metrics.json").exists()
+
+    second = subprocess.run(["bash", str(LAUNCH / "gce_startup.sh")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "resuming from" in second.stdout
+    assert "the trainer exited with code 0" in second.stdout
+    assert (bucket / "DONE").read_text().startswith("DONE ")
+    assert json.loads((bucket / "metrics.json").read_text())["epochs_completed"] == 2
+    assert list((bucket / "vm-logs").glob("startup-*.log"))
