@@ -108,7 +108,9 @@ def check(output_dir: Path, trainer_flags: list[str]) -> dict:
         report["failed"].append("no CudnnRNN op in the float32 run's profiler trace")
     if report["runs"]["generic_kernel"]["cudnn_eligible"] is not False:
         report["failed"].append("--mask_padding --padding=pre was not reported as non-cuDNN")
-    export = output_dir / "mixed_float16" / "export"
+    # The newest SavedModel under export/ (a versioned export/N/ or export/ itself).
+    exports = sorted((output_dir / "mixed_float16" / "export").glob("**/saved_model.pb"))
+    export = exports[-1].parent if exports else output_dir / "mixed_float16" / "export"
     here, cpu = score(export, cpu_only=False), score(export, cpu_only=True)
     pairs = zip(here.get("scores", []), cpu.get("scores", []), strict=False)
     diffs = [abs(a - b) for a, b in pairs]
