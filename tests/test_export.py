@@ -148,9 +148,16 @@ def test_exports_are_numbered_and_the_highest_is_loaded(tmp_path):
     assert export.save(config, net, vectorizer) == f"{root}/2"
     second = export.load(f"{root}/2")(REVIEWS)
     assert not np.allclose(second, export.load(f"{root}/1")(REVIEWS))
+    assert sorted(os.listdir(root)) == ["1", "2"]  # Nothing left of the writing.
     for path in (config.model_dir, root, f"{root}/"):
         assert export.find(path) == f"{root}/2"
         np.testing.assert_array_equal(export.load(path)(REVIEWS), second)
+    # What a crash mid-export leaves: neither is loaded, and the next number stays unique.
+    Path(root, ".3.tmp-99").mkdir()
+    Path(root, ".3.tmp-99", "saved_model.pb").write_bytes(b"half written")
+    Path(root, "3").mkdir()
+    assert export.find(config.model_dir) == f"{root}/2"
+    assert export.next_version(root) == 4
 
 
 def test_runs_exported_before_versions_still_load(tmp_path, tiny_export):

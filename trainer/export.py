@@ -24,6 +24,7 @@ Serving, ``saved_model_cli run``, or ``python -m trainer.predict``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import keras
@@ -75,7 +76,11 @@ def save(config: Config, net: keras.Model,
     archive.track(serving_net)
     archive.add_endpoint(SIGNATURE, _scorer(config, vectorizer, serving_net),
                          input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
-    archive.write_out(path, verbose=False)
+    # Written aside, then renamed into place: a crash mid-write leaves a dot-folder, which
+    # neither TF Serving (integer names only) nor find() loads, never a half version.
+    temporary = f"{export_root}/.{os.path.basename(path)}.tmp-{os.getpid()}"
+    archive.write_out(temporary, verbose=False)
+    tf.io.gfile.rename(temporary, path)
     logging.info("exported the serving SavedModel to %s", path)
     return path
 
