@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data, loop, model
+from trainer import checkpoints, data, loop, model
 from trainer.config import Config
 
 
@@ -22,6 +24,9 @@ class Recorder:
 
     def epoch_end(self, step, epoch, metrics):
         self.epochs.append({"step": step, "epoch": epoch, **metrics})
+
+    def train_call(self, step):
+        return contextlib.nullcontext()
 
     def __getattr__(self, name):  # Hooks added later by other modules are no-ops here.
         return lambda *args, **kwargs: None
@@ -54,7 +59,8 @@ def make_loop(config: Config, checkpoint_dir: str) -> tuple[loop.Loop, tuple]:
     net = model.build(config)
     trainer = loop.Loop(config, tf.distribute.get_strategy(), net,
                         model.make_optimizer(config), config.batch_size)
-    return trainer, loop.make_managers(trainer, config, checkpoint_dir)
+    return trainer, checkpoints.make_managers(trainer.checkpoint, trainer.best_weights, config,
+                                              checkpoint_dir)
 
 
 def test_a_train_step_changes_every_parameter(tmp_path):
@@ -237,3 +243,37 @@ def test_adam_squares_a_tokens_summed_gradient_only_when_asked(tmp_path, dense):
     expected = (summed ** 2 if dense else squares) * (1 - trainer.optimizer.beta_2)
     np.testing.assert_allclose(velocity[11], expected[11], rtol=1e-4, atol=1e-12)
     assert not np.allclose(summed[11] ** 2, squares[11], rtol=1e-2)  # The two differ here.
+
+
+def test_an_exploding_loss_stops_and_sets_aside_the_checkpoints_it_did_not_vouch_for(tmp_path):
+    config = tiny_config(epochs=1)
+    trainer, managers = make_loop(config, str(tmp_path))
+    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    good = tf.train.latest_checkpoint(str(tmp_path))
+    more = tiny_config(epochs=3, checkpoint_every_steps=1, clip_norm=0.0, learning_rate=1e30)
+    exploding, managers = make_loop(more, str(tmp_path))
+    exploding.checkpoint.restore(good)
+    exploding.optimizer.learning_rate = 1e30  # What train.py does with a resumed run's new rate.
+    with pytest.raises(loop.TrainingDivergedError, match="Try a lower --learning_rate"):
+        exploding.fit(tiny_datasets(more), Recorder(), *managers)
+    # Whatever was saved after the last healthy loss is in diverged/, so the run resumes
+    # from weights that were seen to train, all finite.
+    kept = tf.train.latest_checkpoint(str(tmp_path))
+    assert kept is not None
+    resumed, _ = make_loop(config, str(tmp_path))
+    resumed.checkpoint.restore(kept)
+    assert all(np.isfinite(v.numpy()).all() and np.abs(v.numpy()).max() < 100
+               for v in resumed.model.trainable_variables)
+    assert (tmp_path / checkpoints.DIVERGED_DIR).is_dir()
+
+
+def test_health_tells_a_dip_from_a_divergence():
+    health = loop.Health(chance_loss=0.69)
+    assert health.divergence(0.7) is None
+    assert health.divergence(30.0) is None and not health.healthy  # One bad call: a dip.
+    assert health.divergence(0.6) is None and health.healthy
+    assert health.divergence(20.0) is None
+    assert health.divergence(25.0).startswith("training loss exploded")  # 3 of the last 5.
+    assert loop.Health(0.69).divergence(0.7) is None
+    assert loop.Health(0.69).divergence(1e6).startswith("training loss exploded")  # Far, once.
+    assert loop.Health(0.69).divergence(float("nan")) == "training loss became nan"

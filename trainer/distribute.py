@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.config import Config
-from trainer.errors import UserError
+from trainer.errors import ClusterError, UserError
 
 # The task types this trainer runs; an evaluator or parameter server has no code here.
 _TASK_TYPES = ("chief", "worker")
@@ -30,10 +30,6 @@ _TASK_TYPES = ("chief", "worker")
 # What collectives raise when a peer process is gone or silent.
 _LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
                      tf.errors.CancelledError, tf.errors.DeadlineExceededError)
-
-
-class ClusterError(RuntimeError):
-    """A worker did not start in time, or one was lost mid-run; restarting them all resumes."""
 
 
 def parse_tf_config(raw: str | None) -> dict[str, Any] | None:

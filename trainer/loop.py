@@ -10,10 +10,12 @@ history) all lives in one ``tf.train.Checkpoint``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -21,13 +23,18 @@ from typing import Any, Protocol
 import keras
 import tensorflow as tf
 
-from trainer import data
+from trainer import checkpoints, data, distribute
 from trainer.config import Config
-from trainer.preemption import Preemption
+from trainer.errors import TrainingDivergedError, UserError
+from trainer.preemption import SIGNALS, TRAINING, Preemption
 
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+# Divergence, judged on each training call's mean loss against chance's (where training
+# starts; ln 2 for two classes): EXPLODED_FACTOR times above it in EXPLODED_CALLS of the
+# last EXPLODED_WINDOW calls (far past any dip a run recovers from), or FAR_ABOVE times
+# above it once, or not finite.
+EXPLODED_FACTOR = 10.0
+EXPLODED_CALLS, EXPLODED_WINDOW = 3, 5
+FAR_ABOVE = 1000.0
 
 
 class Reporter(Protocol):
@@ -38,8 +45,36 @@ class Reporter(Protocol):
 
     def epoch_end(self, step: int, epoch: int, metrics: dict[str, float]) -> None: ...
 
-    def before_train_steps(self, step: int) -> None:
-        """Called before every call of the compiled steps (the profiler window's clock)."""
+    def train_call(self, step: int) -> contextlib.AbstractContextManager[None]:
+        """Wraps every call of the compiled steps (the profiler's window and step marker)."""
+
+
+class Health:
+    """Whether training still trains, judged on each call's mean loss.
+
+    Args:
+      chance_loss: the loss of a model that knows nothing (ln 2 for two classes).
+    """
+
+    def __init__(self, chance_loss: float) -> None:
+        self._chance_loss = chance_loss
+        self._recent: collections.deque[bool] = collections.deque(maxlen=EXPLODED_WINDOW)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last call's loss was within EXPLODED_FACTOR of chance's."""
+        return not self._recent or not self._recent[-1]
+
+    def divergence(self, mean_loss: float) -> str | None:
+        """Observes one call's mean loss; says how training diverged, or None."""
+        if not math.isfinite(mean_loss):
+            return f"training loss became {mean_loss}"
+        chance = self._chance_loss
+        self._recent.append(mean_loss > EXPLODED_FACTOR * chance)
+        if mean_loss > FAR_ABOVE * chance or sum(self._recent) >= EXPLODED_CALLS:
+            return (f"training loss exploded to {mean_loss:.4g} ({mean_loss / chance:.3g}x "
+                    f"chance's {chance:.3g}, where training starts)")
+        return None
 
 
 @dataclasses.dataclass
@@ -263,54 +298,27 @@ class Loop:
             of them); every process saved the state after the same step.
         """
         # Created after the restore: see its doc.
-        preemption = Preemption(self.strategy, manager, self.config.checkpoint_dir)
-        with preemption.watching():
-            return self._fit(datasets, reporter, manager, best_manager, preemption)
+        preemption = Preemption(self.strategy, manager, self.config.checkpoint_dir,
+                                workers=distribute.num_workers(self.strategy))
+        SIGNALS.enter(TRAINING)
+        result = self._fit(datasets, reporter, manager, best_manager, preemption)
+        preemption.check_at_end()
+        return result
 
     def _fit(self, datasets: Datasets, reporter: Reporter,
              manager: tf.train.CheckpointManager,
              best_manager: tf.train.CheckpointManager | None,
              preemption: Preemption) -> FitResult:
         config = self.config
-        steps_in_epoch = len(datasets.train) // self.global_batch_size
+        health = Health(chance_loss=math.log(2.0))
+        unverified: list[str] = []  # Checkpoints saved since the last healthy loss was seen.
         train_seconds, train_examples = 0.0, 0.0
         while int(self.epoch) < config.epochs and not self._should_stop():
             epoch = int(self.epoch) + 1
             skip = int(self.epoch_step)
-            totals = Totals(*self.epoch_totals.numpy()) if skip else Totals()
-            epoch_batches = data.batches(
-                datasets.train, config, global_batch_size=self.global_batch_size,
-                shuffle_seed=config.seed * 1000 + epoch, drop_remainder=True).skip(skip)
-            iterator = iter(self.strategy.experimental_distribute_dataset(epoch_batches))
-            epoch_start = time.perf_counter()
-            epoch_step = skip
-            while True:
-                loop_start_step = self.step
-                reporter.before_train_steps(loop_start_step)
-                sums = self.train_steps(iterator, self.steps_per_call)
-                steps_done = int(sums[3])
-                if not steps_done:
-                    break
-                epoch_step += steps_done
-                totals.add(sums[:3])
-                if not math.isfinite(float(sums[0])):
-                    raise TrainingDivergedError(
-                        f"training loss became {float(sums[0]) / float(sums[2])} at step "
-                        f"{self.step} (epoch {epoch}); the last good checkpoint in "
-                        f"{config.checkpoint_dir} is kept. Try a lower --learning_rate.")
-                self.epoch_step.assign(epoch_step)
-                self.epoch_totals.assign([totals.loss_sum, totals.correct, totals.count])
-                if _crossed(loop_start_step, self.step, config.log_every_steps):
-                    seconds = time.perf_counter() - epoch_start
-                    reporter.train_progress(self.step, epoch, epoch_step, steps_in_epoch, {
-                        **totals.metrics("train"),
-                        "train/examples_per_sec": (epoch_step - skip)
-                        * self.global_batch_size / max(seconds, 1e-9)})
-                if _crossed(loop_start_step, self.step, config.checkpoint_every_steps):
-                    manager.save()
-                preemption.check()
-            seconds = time.perf_counter() - epoch_start
-            examples = (epoch_step - skip) * self.global_batch_size
+            totals, seconds = self._train_epoch(datasets, reporter, manager, preemption, epoch,
+                                                health, unverified)
+            examples = (int(self.epoch_step) - skip) * self.global_batch_size
             train_seconds += seconds
             train_examples += examples
             metrics = {**totals.metrics("train"),
@@ -325,8 +333,9 @@ class Loop:
             self.history.assign(json.dumps(history))
             self.epoch.assign(epoch)
             self.epoch_step.assign(0)
-            manager.save()
+            self._save(manager, health, unverified)
             reporter.epoch_end(self.step, epoch, metrics)
+            preemption.check()
         stopped_early = self._should_stop()
         if best_manager is not None and best_manager.latest_checkpoint:
             # Early stopping keeps the best epoch's weights (averaged, if so), not the last.
@@ -339,6 +348,90 @@ class Loop:
             train_examples_per_sec=train_examples / train_seconds if train_seconds else 0.0,
             best_epoch=int(self.best_epoch), stopped_early=stopped_early,
             history=json.loads(self.history.numpy().decode()))
+
+    def _train_epoch(self, datasets: Datasets, reporter: Reporter,
+                     manager: tf.train.CheckpointManager, preemption: Preemption, epoch: int,
+                     health: Health, unverified: list[str]) -> tuple[Totals, float]:
+        """Trains the rest of ``epoch``; returns its totals and this attempt's seconds in it."""
+        config = self.config
+        steps_in_epoch = len(datasets.train) // self.global_batch_size
+        skip = int(self.epoch_step)
+        totals = Totals(*self.epoch_totals.numpy()) if skip else Totals()
+        epoch_batches = data.batches(
+            datasets.train, config, global_batch_size=self.global_batch_size,
+            shuffle_seed=config.seed * 1000 + epoch, drop_remainder=True).skip(skip)
+        iterator = iter(self.strategy.experimental_distribute_dataset(epoch_batches))
+        epoch_start = time.perf_counter()
+        epoch_step = skip
+        while True:
+            loop_start_step = self.step
+            with reporter.train_call(loop_start_step):
+                sums = self.train_steps(iterator, self.steps_per_call)
+            steps_done = int(sums[3])
+            if not steps_done:
+                break
+            self._check_health(health, float(sums[0]) / float(sums[2]), epoch, manager,
+                               unverified)
+            epoch_step += steps_done
+            totals.add(sums[:3])
+            self.epoch_step.assign(epoch_step)
+            self.epoch_totals.assign([totals.loss_sum, totals.correct, totals.count])
+            if _crossed(loop_start_step, self.step, config.log_every_steps):
+                seconds = time.perf_counter() - epoch_start
+                reporter.train_progress(self.step, epoch, epoch_step, steps_in_epoch, {
+                    **totals.metrics("train"),
+                    "train/examples_per_sec": (epoch_step - skip)
+                    * self.global_batch_size / max(seconds, 1e-9)})
+            if _crossed(loop_start_step, self.step, config.checkpoint_every_steps):
+                self._save(manager, health, unverified)
+            preemption.check()
+        return totals, time.perf_counter() - epoch_start
+
+    def _check_health(self, health: Health, mean_loss: float, epoch: int,
+                      manager: tf.train.CheckpointManager, unverified: list[str]) -> None:
+        """Stops a diverged run, keeping only checkpoints whose weights were seen to train.
+
+        A call's loss is computed before each of its updates, so the weights a
+        checkpoint holds are judged by the next call's loss: a checkpoint saved
+        since the last healthy call is set aside when the run diverges.
+
+        Raises:
+          TrainingDivergedError: the loss is non-finite, or exploded.
+        """
+        diverged = health.divergence(mean_loss)
+        if diverged is None:
+            if health.healthy:
+                unverified.clear()
+            return
+        checkpoints.set_aside(unverified, manager.directory, checkpoints.DIVERGED_DIR)
+        latest = tf.train.latest_checkpoint(manager.directory)
+        kept = os.path.basename(latest) if latest else "none: a rerun starts from step 0"
+        raise TrainingDivergedError(
+            f"{diverged} at step {self.step} (epoch {epoch}); the last good checkpoint in "
+            f"{self.config.checkpoint_dir} is kept ({kept}"
+            + (f"; {len(unverified)} newer one(s) moved to {checkpoints.DIVERGED_DIR}/"
+               if unverified else "")
+            + "). Try a lower --learning_rate.")
+
+    def _save(self, manager: tf.train.CheckpointManager, health: Health,
+              unverified: list[str]) -> None:
+        """Saves the training state, unless the loss is mid-explosion.
+
+        Raises:
+          UserError: the checkpoint could not be written (a full disk, lost
+            permissions); the last complete checkpoint is kept.
+        """
+        if not health.healthy:
+            return
+        try:
+            unverified.append(manager.save())
+        except (tf.errors.OpError, OSError) as error:
+            text = getattr(error, "message", None) or str(error)
+            raise UserError(
+                f"could not write a checkpoint to {manager.directory} "
+                f"({text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__})"
+                "; free some space or fix the folder, then run the same command to resume from "
+                "the last complete checkpoint.") from None
 
     def _track_best(self, epoch: int, val_loss: float,
                     best_manager: tf.train.CheckpointManager | None) -> None:
@@ -405,21 +498,3 @@ def _sums(per_example: tf.Tensor, probs: tf.Tensor, labels: tf.Tensor) -> tf.Ten
 def _crossed(before: int, after: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in (before, after]; never for every == 0."""
     return bool(every) and after // every > before // every
-
-
-def make_managers(loop: Loop, config: Config, checkpoint_dir: str
-                  ) -> tuple[tf.train.CheckpointManager, tf.train.CheckpointManager | None]:
-    """Managers for the training state and (with early stopping) the best weights.
-
-    Args:
-      loop: owns the checkpoints.
-      config: keep_checkpoints and early_stopping_patience.
-      checkpoint_dir: this process's folder (see ``distribute.private_dir``).
-    """
-    manager = tf.train.CheckpointManager(loop.checkpoint, checkpoint_dir,
-                                         max_to_keep=config.keep_checkpoints)
-    best = None
-    if config.early_stopping_patience:
-        best = tf.train.CheckpointManager(loop.best_weights, f"{checkpoint_dir}/best",
-                                          max_to_keep=1)
-    return manager, best

@@ -22,35 +22,50 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import signal
+
+
+def _stopped_while_importing(signum: int, frame: object) -> None:
+    """Until the run's own handler is installed (TensorFlow takes seconds to import)."""
+    del frame
+    ctrl_c = signum == signal.SIGINT
+    os.write(2, (f"{'interrupted' if ctrl_c else 'preempted'}: stopped by "
+                 f"{'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM'} while starting, before any new "
+                 "training step: nothing was lost; run the same command to start again.\n"
+                 ).encode())
+    os._exit(130 if ctrl_c else 75)
+
+
+for _signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signum, _stopped_while_importing)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
-from absl import app
-from absl import logging as absl_logging
+from absl import app  # noqa: E402 (after the signal handlers above)
+from absl import logging as absl_logging  # noqa: E402
 
-from trainer import distribute, flags, loop, preemption, train
-from trainer.errors import UserError, exit_with, parse_flags
-
-# EX_TEMPFAIL: stopped by SIGTERM after a checkpoint, or a worker of the cluster is missing
-# or lost. Running the same command again (all workers, for a cluster) resumes.
-EXIT_RESTART = 75
+from trainer import flags, train  # noqa: E402
+from trainer.errors import UserError, exit_code_and_line, exit_with, parse_flags  # noqa: E402
+from trainer.preemption import SIGNALS  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    """Parses nothing itself: flags -> Config -> train_and_evaluate."""
+    """Parses nothing itself: flags -> Config -> train_and_evaluate; one line on any stop.
+
+    Exit codes (README, "What ends a run"): 0 finished, 1 diverged, 2 bad input,
+    75 stopped by SIGTERM or a lost worker (run the same command again), 130 Ctrl-C.
+    """
+    SIGNALS.install()
     try:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
                             "(see --helpfull).")
         train.train_and_evaluate(flags.to_config())
-    except UserError as error:
-        exit_with(f"error: {error}")
-    except loop.TrainingDivergedError as error:
-        exit_with(f"error: {error}", 1)
-    except preemption.PreemptedError as error:
-        exit_with(f"preempted: {error}", EXIT_RESTART)
-    except distribute.ClusterError as error:
-        exit_with(f"error: {error}", EXIT_RESTART)
+    except Exception as error:
+        ending = exit_code_and_line(error)
+        if ending is None:
+            raise
+        exit_with(ending[1], ending[0])
 
 
 def run() -> None:

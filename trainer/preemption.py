@@ -1,104 +1,177 @@
-"""SIGTERM (a spot VM or a managed job being taken): checkpoint, then stop with a restart code.
+"""SIGTERM and Ctrl-C at every moment of a run: an answer, a saved state, an exit code.
 
-TensorFlow's ``PreemptionCheckpointHandler`` does the work. Under
-MultiWorkerMirroredStrategy a SIGTERM usually reaches one worker only; the
-handler tells the others through the cluster's coordination service, and every
-worker saves after the same training call and stops, so the saved state is one
-consistent step of the whole cluster. With one process it saves after the next
-call.
+A spot VM or a managed job gets SIGTERM before it is taken; a person presses
+Ctrl-C (SIGINT). What happens depends on where the run is (``Signals.stage``):
 
-Two gaps of the handler are covered here:
+| stage | first signal | exit |
+| --- | --- | --- |
+| ``starting`` (flags to the first step) | stops at once: nothing new to save | 75 / 130 |
+| ``training`` | the step running finishes, the state is saved, then the run stops | 75 / 130 |
+| ``evaluating`` (the final test) | stops at once: training is done and saved | 75 / 130 |
+| ``writing outputs`` | the outputs are finished (seconds), then the run ends complete | 0 |
 
-- It can only act on a signal it is told about. The SIGTERM handler below just
-  records the signal (saving inside a signal handler could interrupt a step),
-  and the handler polls that record once a second.
-- It stands aside on Google Cloud CPU and TPU VMs and under TPUStrategy
-  ("does not support usage with TPU or CPU device on GCP"): it never polls.
-  There this module saves by itself after the next training call; that is
-  exact for one process, and for several it still saves the chief's state
-  while the others stop on the lost connection (``distribute.ClusterError``).
+A second signal always stops at once, saying what was not saved. 75 is
+``EX_TEMPFAIL`` ("run me again": the launchers restart on it); 130 is the
+shell's code for Ctrl-C.
+
+Under MultiWorkerMirroredStrategy a signal usually reaches one worker only:
+TensorFlow's ``PreemptionCheckpointHandler`` tells the others through the
+cluster's coordination service, and every worker saves after the same training
+call, so the checkpoint is one consistent step of the whole cluster. The
+handler only supports multi-worker training (and stands aside on Google Cloud
+CPU and TPU VMs); a single process, or a stand-aside handler, saves by itself
+after the running call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import threading
-from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
+from absl import logging
+
+from trainer.errors import PreemptedError, Stopped
+
+STARTING, TRAINING, EVALUATING, WRITING, DONE = ("starting", "training", "evaluating",
+                                                 "writing outputs", "done")
+_DEFERRED = (TRAINING, WRITING, DONE)  # Stages where the first signal lets the work finish.
+# Fault injection for tests: the process waits for a signal when it reaches the stage this
+# variable names, so a test can signal each stage for sure instead of racing a clock.
+PAUSE_ENV = "TRAINER_PAUSE_AT"
 
 
-class PreemptedError(RuntimeError):
-    """SIGTERM arrived and the training state was saved; the same command resumes there."""
+def signal_name(signum: int) -> str:
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class Signals:
+    """The process's SIGTERM and SIGINT handler; ``stage`` says what a signal means now."""
+
+    def __init__(self) -> None:
+        self.stage = STARTING
+        self.received: int | None = None  # The first signal, once one came.
+        self.count = 0
+
+    def install(self) -> None:
+        """Call once, early in the main thread: from then on no signal is left unanswered."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def enter(self, stage: str) -> None:
+        """Marks the start of ``stage``; a signal already received is acted on now."""
+        if stage == DONE and self.received is not None and self.stage == WRITING:
+            logging.warning("%s came while writing the outputs; they are complete, so the run "
+                            "ends as finished.", signal_name(self.received))
+        self.stage = stage
+        self.pause_point(stage)
+        if self.received is not None and stage not in _DEFERRED:
+            raise Stopped(self._message(self.received), self.received)
+
+    def pause_point(self, name: str) -> None:
+        """With ``$TRAINER_PAUSE_AT`` set to ``name``, says so and waits for a signal (tests)."""
+        if os.environ.get(PAUSE_ENV) == name and self.received is None:
+            logging.warning("paused at %s (%s): waiting for a signal", name, PAUSE_ENV)
+            signal.pause()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.count += 1
+        if self.received is None:
+            self.received = signum
+        if self.stage == DONE:
+            return  # The run is complete; the process is on its way out with exit 0.
+        if self.count == 1 and self.stage in _DEFERRED:
+            logging.warning("%s received while %s: %s; a second one stops at once.",
+                            signal_name(signum), self.stage,
+                            "saving after the running step" if self.stage == TRAINING
+                            else "finishing the outputs first")
+            return
+        raise Stopped(self._message(signum), signum)
+
+    def _message(self, signum: int) -> str:
+        name = signal_name(signum)
+        if self.count > 1 and self.stage == TRAINING:
+            return (f"stopped at once by a second {name}: the steps since the last checkpoint "
+                    "were not saved; run the same command to resume from that checkpoint.")
+        if self.count > 1 and self.stage == WRITING:
+            return (f"stopped at once by a second {name} while writing the outputs: metrics.json "
+                    "was not written, so the run is not marked done; run the same command to "
+                    "write them.")
+        if self.stage == EVALUATING:
+            return (f"stopped by {name} during the final evaluation; training is complete and "
+                    "checkpointed: run the same command to evaluate and write the outputs.")
+        return (f"stopped by {name} while starting, before any new training step: nothing was "
+                "lost; run the same command to start again.")
+
+
+SIGNALS = Signals()  # One per process: signal handlers are process-wide.
 
 
 class Preemption:
-    """Watches for SIGTERM during training; ``check`` saves and raises PreemptedError."""
+    """Saves and stops the training when a signal came: ``check`` after every training call."""
 
     def __init__(self, strategy: tf.distribute.Strategy, manager: tf.train.CheckpointManager,
-                 shared_checkpoint_dir: str) -> None:
-        """Starts TensorFlow's handler for ``manager``'s checkpoint.
+                 shared_checkpoint_dir: str, *, workers: int) -> None:
+        """Starts TensorFlow's handler for a cluster of several workers.
 
         Call after the training state was restored, on every worker from the
         same checkpoint: the handler's count of training calls, which workers
         compare to agree on when to save, is restored with it.
 
         Args:
-          strategy: the run's strategy (its cluster, if any, is coordinated).
+          strategy: the run's strategy.
           manager: saves this process's copy of the training state.
           shared_checkpoint_dir: where the kept copy goes (the chief's), for messages.
+          workers: processes training together.
         """
         self._manager = manager
         self._shared_checkpoint_dir = shared_checkpoint_dir
-        self._sigterm = threading.Event()
-        self._polled = threading.Event()  # The handler is watching (see the module doc).
+        self._polled = False  # TensorFlow's handler is watching (see the module doc).
         self._handler = None
-        if not isinstance(strategy, tf.distribute.TPUStrategy):
+        if workers > 1:
             # The handler restores the newest checkpoint of the manager it is given. The
             # run has restored already (every worker from the chief's folder), so it gets
             # one over a folder nothing is written to, and saves through save_fn.
             unused = tf.train.CheckpointManager(manager.checkpoint, f"{manager.directory}/unused",
                                                 max_to_keep=1)
             self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-                getattr(strategy, "cluster_resolver", None), unused,
+                strategy.cluster_resolver, unused,
                 termination_config=tf.distribute.experimental.TerminationConfig(
-                    termination_watcher_fn=self._sigterm_seen, exit_fn=self._stop,
+                    termination_watcher_fn=self._signal_seen, exit_fn=self._stop,
                     grace_period=0, save_fn=manager.save))
-
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        """While training, SIGTERM is recorded for ``check``; afterwards it means what it did."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # Signal handlers can only be set from the main thread.
-            return
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._sigterm.set())
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def check(self) -> None:
         """Call after every training call, with the loop's position already recorded.
 
         Raises:
           PreemptedError: this process or (through the handler) another worker
-            got SIGTERM; the training state has been saved.
+            got a signal; the training state has been saved.
         """
         if self._handler is not None:
             self._handler.save_checkpoint_if_preempted()  # Calls _stop when it is time.
-        if self._sigterm.is_set() and not self._polled.is_set():
+        if SIGNALS.received is not None and not self._polled:
             self._manager.save()
             self._stop()
 
-    def _sigterm_seen(self) -> bool:
-        self._polled.set()
-        return self._sigterm.is_set()
+    def check_at_end(self) -> None:
+        """After the last training call: a signal the cluster did not act on yet still stops.
+
+        The epoch-end checkpoint holds the finished training; the run stops
+        instead of spending a grace period on the final evaluation.
+        """
+        if SIGNALS.received is not None:
+            self._stop()
+
+    def _signal_seen(self) -> bool:
+        self._polled = True
+        return SIGNALS.received is not None
 
     def _stop(self) -> None:
+        signum = SIGNALS.received or signal.SIGTERM
         step = int(self._manager.checkpoint.optimizer.iterations.numpy())
-        name = os.path.basename(self._manager.latest_checkpoint)
-        raise PreemptedError(f"stopped by SIGTERM at step {step}; saved {name} in "
+        name = os.path.basename(self._manager.latest_checkpoint or "") or "nothing"
+        raise PreemptedError(f"stopped by {signal_name(signum)} at step {step}; saved {name} in "
                              f"{self._shared_checkpoint_dir}: run the same command to resume "
-                             "there.")
+                             "there.", signum)

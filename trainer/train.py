@@ -1,26 +1,34 @@
-"""A whole run, top to bottom: strategy, data, model, loop, test, outputs.
+"""A whole run, top to bottom: folder, strategy, data, model, loop, test, outputs.
 
 This is the one function to read to see how the job fits together; each step
-calls the module that owns it.
+calls the module that owns it. What a run folder promises (one owner, one
+meaning of resume, whole files) is ``trainer.rundir``'s; what a signal does at
+each stage is ``trainer.preemption``'s.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import data, distribute, export, loop, model, summaries
+from trainer import checkpoints, data, distribute, export, loop, model, rundir, summaries
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.preemption import DONE, EVALUATING, SIGNALS, STARTING, WRITING
 
 METRICS_FILE = "metrics.json"
 VOCAB_FILE = "vocab.txt"
 MODEL_FILE = "model.keras"
+# What --overwrite removes, metrics.json (the "done" mark) first.
+_OUTPUTS = (METRICS_FILE, rundir.MANIFEST_FILE, VOCAB_FILE, MODEL_FILE, summaries.CURVES_FILE,
+            export.EXPORT_DIR)
 
 
 def train_and_evaluate(config: Config) -> dict[str, Any]:
@@ -34,12 +42,32 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       ``model_dir`` holds a finished run and --overwrite is not given).
 
     Raises:
-      UserError: bad input (flags, data, TF_CONFIG), with a one-line message.
-      loop.TrainingDivergedError: the loss became NaN or infinite.
-      preemption.PreemptedError: SIGTERM; the state was saved.
-      distribute.ClusterError: a worker did not start, or was lost.
+      UserError: bad input (flags, data, model folder, TF_CONFIG), with a one-line message.
+      TrainingDivergedError: the loss became non-finite or exploded.
+      Stopped: SIGTERM or Ctrl-C (PreemptedError when the state was saved).
+      ClusterError: a worker did not start, or was lost.
     """
     start = time.time()
+    SIGNALS.enter(STARTING)
+    chief = _chief_task()
+    created = rundir.is_local(config.model_dir) and not os.path.exists(config.model_dir)
+    try:
+        if chief:  # Cheap checks first: before TensorFlow starts or any data is read.
+            for flag, path in (("--model_dir", config.model_dir),
+                               ("--checkpoint_dir", config.checkpoint_dir),
+                               ("--tensorboard_dir", config.tensorboard_dir)):
+                rundir.check_local_folder(path, flag)
+        owner = (rundir.owned(config.model_dir) if chief and rundir.is_local(config.model_dir)
+                 else contextlib.nullcontext())
+        with owner:
+            return _run(config, start)
+    except UserError:
+        if created and chief:
+            rundir.remove_if_unused(config.model_dir)
+        raise
+
+
+def _run(config: Config, start: float) -> dict[str, Any]:
     strategy = distribute.make_strategy(config)  # First TensorFlow work of the process.
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -49,69 +77,208 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
     chief = distribute.is_chief(strategy)
-    metrics_path = f"{config.model_dir}/{METRICS_FILE}"
-    if tf.io.gfile.exists(metrics_path) and not config.overwrite:
+    if chief and not rundir.is_local(config.model_dir):
+        rundir.check_remote_folder(config.model_dir)
+        rundir.note_remote_holder(config.model_dir)
+    finished = rundir.read_json(f"{config.model_dir}/{METRICS_FILE}")
+    if finished is not None and not config.overwrite:
         # Done already, e.g. killed after writing its outputs: the same command succeeds
         # again, so a supervisor that restarts it sees the run as finished.
-        with tf.io.gfile.GFile(metrics_path) as f:
-            metrics = json.load(f)
-        logging.warning("%s holds a finished run (test accuracy %.4f): not training it again; "
-                        "pass --overwrite to start over, or pick a new --model_dir.",
-                        metrics_path, metrics.get("test_accuracy", float("nan")))
-        return metrics
+        logging.warning("%s/%s holds a finished run (test accuracy %.4f): not training it "
+                        "again; pass --overwrite to start over, or pick a new --model_dir.",
+                        config.model_dir, METRICS_FILE,
+                        finished.get("test_accuracy", float("nan")))
+        return finished
+    manifest = rundir.Manifest(config.model_dir)
+    early_state = rundir.state_settings(config, precision=precision)
+    if (not config.overwrite and checkpoints.listed(config.checkpoint_dir, repair=False)
+            and (changed := manifest.differences(early_state))):
+        raise manifest.refuse(changed, config.model_dir)  # Before the data is read.
     logging.info("strategy %s with %d replica(s); precision %s; model_dir %s",
                  distribute.strategy_name(strategy), replicas, precision, config.model_dir)
 
+    splits, vectorizer, datasets = _read_data(config)
+    SIGNALS.pause_point("data read")
+    state = {**early_state, **_fingerprints(splits, vectorizer)}
+    start_over = _starts_over(config, manifest, finished is not None, state)
+    if chief and start_over:
+        _remove_old_run(config)
+        manifest = rundir.Manifest(config.model_dir)
+    _barrier(strategy)  # Every worker sees the chief's folder as it will train from it.
+    resuming = bool(checkpoints.listed(config.checkpoint_dir, repair=False))
+    if resuming and (changed := manifest.differences(state)):
+        raise manifest.refuse(changed, config.model_dir)
+
+    with strategy.scope():
+        net = model.build(config)
+        optimizer = model.make_optimizer(config)
+    trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size)
+    _log_model(net, config)
+    checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
+    try:
+        manager, best_manager = checkpoints.make_managers(trainer.checkpoint,
+                                                          trainer.best_weights, config,
+                                                          checkpoint_dir)
+        latest = _restore(trainer, strategy, config, chief)
+        if chief:
+            manifest.record_attempt(config, state, new_run=latest is None,
+                                    by_overwrite=config.overwrite, resumed_from=latest)
+        reporter = summaries.Summaries(config, chief, net, optimizer,
+                                       steps_per_call=trainer.steps_per_call)
+        try:
+            with distribute.lost_workers_stop(strategy, config.checkpoint_dir):
+                fit = trainer.fit(datasets, reporter, manager, best_manager)
+                SIGNALS.enter(EVALUATING)
+                logging.info("evaluating the kept weights on %d test reviews", len(splits.test))
+                test = trainer.evaluate(datasets.test, "test")
+            # The HParams table's result columns, beside the flags written at the start.
+            reporter.scalars(fit.train_steps, test)
+        finally:
+            reporter.close()
+    finally:
+        distribute.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
+    logging.info("test | %s", summaries.format_metrics(test))
+    metrics = _metrics(config, strategy, net, precision, splits, fit, test, start)
+    SIGNALS.enter(WRITING)
+    if chief:
+        write_outputs(config, net, vectorizer, metrics)
+    SIGNALS.enter(DONE)
+    return metrics
+
+
+def _chief_task() -> bool:
+    """Whether TF_CONFIG (read before TensorFlow starts) makes this process the chief."""
+    tf_config = distribute.parse_tf_config(os.environ.get("TF_CONFIG"))
+    if not tf_config:
+        return True
+    task = tf_config["task"]
+    return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0
+                                       and "chief" not in tf_config["cluster"])
+
+
+def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorization | None,
+                                        loop.Datasets]:
+    """Reads the splits, adapts the vocabulary on the training split, encodes them all."""
     splits = data.load(config)
     logging.info("data: %d train, %d validation, %d test reviews from %s", len(splits.train),
                  len(splits.validation), len(splits.test), splits.source)
-    vectorizer = None if splits.pretokenized else data.make_vectorizer(splits.train, config)
+    if len(splits.train) < config.batch_size:
+        raise UserError(f"--batch_size={config.batch_size} is larger than the {len(splits.train)} "
+                        "training reviews; lower it or raise --max_train_examples.")
+    vectorizer = None
+    if not splits.pretokenized:
+        logging.info("building the %d-token vocabulary from %d training reviews",
+                     config.vocab_size, len(splits.train))
+        vectorizer = data.make_vectorizer(splits.train, config)
     datasets = loop.Datasets(
         train=data.encode(splits.train, vectorizer, config),
         validation=data.encode(splits.validation, vectorizer, config) if len(
             splits.validation) else None,
         test=data.encode(splits.test, vectorizer, config),
         global_batch_size=config.batch_size)
-    if len(splits.train) < config.batch_size:
-        raise UserError(f"--batch_size={config.batch_size} is larger than the {len(splits.train)} "
-                        "training reviews; lower it or raise --max_train_examples.")
+    return splits, vectorizer, datasets
 
-    with strategy.scope():
-        net = model.build(config)
-        optimizer = model.make_optimizer(config)
-    trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size)
+
+def _fingerprints(splits: data.Splits,
+                  vectorizer: keras.layers.TextVectorization | None) -> dict[str, str]:
+    """Hashes of what was trained on: training and validation reviews, and the vocabulary."""
+
+    def items(split: data.Split) -> list[Any]:
+        return [r.tobytes() if isinstance(r, np.ndarray) else str(r).encode()
+                for r in split.reviews]
+
+    return {
+        "data_fingerprint": rundir.fingerprint(items(splits.train), [splits.train.labels.tobytes()],
+                                               items(splits.validation),
+                                               [splits.validation.labels.tobytes()]),
+        "vocabulary_fingerprint": rundir.fingerprint(
+            vectorizer.get_vocabulary() if vectorizer is not None else []),
+    }
+
+
+def _starts_over(config: Config, manifest: rundir.Manifest, finished: bool,
+                 state: dict[str, Any]) -> bool:
+    """Whether --overwrite starts this folder over, or resumes the run it started before.
+
+    --overwrite starts a new run once: the same command again (a launcher
+    restarting a preempted job) resumes that run, unless it finished or its
+    settings changed.
+    """
+    if not config.overwrite:
+        return False
+    if not finished and manifest.started_by_overwrite and not manifest.differences(state):
+        logging.info("resuming the run --overwrite started in %s (%s): a restarted command "
+                     "does not start over again; delete the folder to do that.",
+                     config.model_dir, manifest.value.get("created", "?"))
+        return False
+    return True
+
+
+def _remove_old_run(config: Config) -> None:
+    """--overwrite: removes the old outputs (metrics.json first), checkpoints and logs."""
+    for name in _OUTPUTS:
+        path = f"{config.model_dir}/{name}"
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    for folder in (config.checkpoint_dir, config.tensorboard_dir):
+        if tf.io.gfile.exists(folder):
+            tf.io.gfile.rmtree(folder)
+    logging.info("--overwrite: removed the previous run's outputs, checkpoints and logs from %s",
+                 config.model_dir)
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Waits for every worker (a one-number all-reduce); nothing to wait for in one process."""
+    if distribute.num_workers(strategy) > 1:
+        strategy.reduce(tf.distribute.ReduceOp.SUM,
+                        strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _restore(trainer: loop.Loop, strategy: tf.distribute.Strategy, config: Config,
+             chief: bool) -> str | None:
+    """Restores the newest readable checkpoint; takes the learning rate of this command."""
+    # Every worker resumes from the chief's checkpoints, the only ones kept. The chief sets
+    # unreadable ones aside first, then the others read what remains.
+    latest = None
+    if chief:
+        with strategy.scope():
+            latest = checkpoints.restore_newest(trainer.checkpoint, config.checkpoint_dir,
+                                                repair=True)
+    _barrier(strategy)
+    if not chief:
+        with strategy.scope():
+            latest = checkpoints.restore_newest(trainer.checkpoint, config.checkpoint_dir,
+                                                repair=False)
+    if latest is None:
+        return None
+    logging.info("resuming from %s: epoch %d done, step %d", latest, int(trainer.epoch),
+                 trainer.step)
+    restored_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
+    if not np.isclose(restored_rate, config.learning_rate, rtol=1e-6):
+        logging.info("--learning_rate changed from %g to %g: training goes on at %g",
+                     restored_rate, config.learning_rate, config.learning_rate)
+        trainer.optimizer.learning_rate = config.learning_rate
+    return latest
+
+
+def _log_model(net: keras.Model, config: Config) -> None:
     blockers = model.cudnn_blockers(net, config)
     gpus = len(tf.config.list_logical_devices("GPU"))
-    cpu_lstm_kernel = None if gpus else model.cpu_lstm_kernel(net)
     logging.info("model: %d parameters; LSTM %s%s", net.count_params(),
                  "is cuDNN-eligible" if not blockers else
                  "is NOT cuDNN-eligible: " + "; ".join(blockers),
-                 "" if gpus else f" (no GPU here: it runs {cpu_lstm_kernel})")
+                 "" if gpus else f" (no GPU here: it runs {model.cpu_lstm_kernel(net)})")
 
-    if config.overwrite and chief and tf.io.gfile.exists(config.checkpoint_dir):
-        tf.io.gfile.rmtree(config.checkpoint_dir)  # Start over: no old state to resume.
-    checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
-    manager, best_manager = loop.make_managers(trainer, config, checkpoint_dir)
-    # Every worker resumes from the chief's checkpoints, the only ones kept.
-    latest = None if config.overwrite else tf.train.latest_checkpoint(config.checkpoint_dir)
-    if latest:
-        with strategy.scope():
-            trainer.checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("resuming from %s: epoch %d done, step %d", latest, int(trainer.epoch),
-                     trainer.step)
-    reporter = summaries.Summaries(config, chief, net, optimizer)
-    try:
-        with distribute.lost_workers_stop(strategy, config.checkpoint_dir):
-            fit = trainer.fit(datasets, reporter, manager, best_manager)
-            test = trainer.evaluate(datasets.test, "test")
-        # The HParams table's result columns, beside the flags written at the start.
-        reporter.scalars(fit.train_steps, test)
-    finally:
-        reporter.close()
-        distribute.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
-    logging.info("test | %s", summaries.format_metrics(test))
 
-    metrics = {
+def _metrics(config: Config, strategy: tf.distribute.Strategy, net: keras.Model, precision: str,
+             splits: data.Splits, fit: loop.FitResult, test: dict[str, float],
+             start: float) -> dict[str, Any]:
+    """What metrics.json records about the run."""
+    blockers = model.cudnn_blockers(net, config)
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    return {
         "test_accuracy": test["test/accuracy"],
         "test_loss": test["test/loss"],
         "epochs_completed": fit.epochs_completed,
@@ -121,11 +288,11 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         "train_examples_per_sec": fit.train_examples_per_sec,
         "num_params": net.count_params(),
         "strategy": distribute.strategy_name(strategy),
-        "num_replicas": replicas,
+        "num_replicas": strategy.num_replicas_in_sync,
         "precision": precision,
         "cudnn_eligible": not blockers,
         "cudnn_blockers": blockers,
-        "cpu_lstm_kernel": cpu_lstm_kernel,
+        "cpu_lstm_kernel": None if gpus else model.cpu_lstm_kernel(net),
         "gpus": gpus,
         "data": {"source": splits.source, "train": len(splits.train),
                  "validation": len(splits.validation), "test": len(splits.test)},
@@ -133,9 +300,6 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         "wall_time_sec": time.time() - start,
         "flags": config.to_dict(),
     }
-    if chief:
-        write_outputs(config, net, vectorizer, metrics)
-    return metrics
 
 
 def resolve_precision(config: Config) -> str:
@@ -152,18 +316,22 @@ def write_outputs(config: Config, net: keras.Model,
 
     The vocabulary, the .keras model (token ids in), the serving SavedModel
     (raw reviews in), the training curves picture and, last, metrics.json
-    (the "done" mark).
+    (the "done" mark). Each file is written under a temporary name and renamed,
+    so a kill at any moment leaves no half-written file under its real name.
     """
-    tf.io.gfile.makedirs(config.model_dir)
+    model_dir = config.model_dir
     if vectorizer is not None:
-        with tf.io.gfile.GFile(f"{config.model_dir}/{VOCAB_FILE}", "w") as f:
-            f.write("\n".join(vectorizer.get_vocabulary()) + "\n")
-    net.save(f"{config.model_dir}/{MODEL_FILE}")
-    export.save(config, net, vectorizer)
-    summaries.write_training_curves(metrics["history"],
-                                    f"{config.model_dir}/{summaries.CURVES_FILE}")
-    with tf.io.gfile.GFile(f"{config.model_dir}/{METRICS_FILE}", "w") as f:
-        json.dump(metrics, f, indent=2)
+        rundir.write_atomically(f"{model_dir}/{VOCAB_FILE}",
+                                lambda f: f.write("\n".join(vectorizer.get_vocabulary()) + "\n"))
+    temporary = f"{model_dir}/.{MODEL_FILE}.tmp-{os.getpid()}.keras"  # Keras wants .keras.
+    net.save(temporary)
+    tf.io.gfile.rename(temporary, f"{model_dir}/{MODEL_FILE}", overwrite=True)
+    export_path = export.save(config, net, vectorizer)
+    if export_path:
+        metrics["export_path"] = export_path
+    curves = f"{model_dir}/.{summaries.CURVES_FILE}.tmp-{os.getpid()}.png"
+    summaries.write_training_curves(metrics["history"], curves)
+    tf.io.gfile.rename(curves, f"{model_dir}/{summaries.CURVES_FILE}", overwrite=True)
+    rundir.write_json(f"{model_dir}/{METRICS_FILE}", metrics)
     logging.info("wrote %s, %s, %s, %s/ and %s to %s", VOCAB_FILE, MODEL_FILE,
-                 summaries.CURVES_FILE, export.EXPORT_DIR, METRICS_FILE, config.model_dir)
-
+                 summaries.CURVES_FILE, export.EXPORT_DIR, METRICS_FILE, model_dir)
