@@ -12,7 +12,9 @@ from typing import Any
 
 from trainer.errors import UserError
 
-DATA_SOURCES = ("auto", "aclimdb", "tfds", "keras_npz")
+# Every reader in trainer.sources.READERS, plus auto (tests/test_sources.py checks they agree).
+DATA_SOURCES = ("auto", "aclimdb", "tfds", "keras_npz", "csv", "tsv", "jsonl", "folders")
+CLASS_WEIGHTS = ("", "balanced")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 PADDINGS = ("pre", "post")
@@ -42,6 +44,11 @@ class Config:
     max_train_examples: int = 0
     max_test_examples: int = 0
     validation_split: float = 0.1
+    test_data_path: str = ""
+    test_split: float = 0.2
+    text_column: str = "text"
+    label_column: str = "label"
+    class_weight: str = ""
     # Model.
     vocab_size: int = 10000
     max_len: int = 500
@@ -114,10 +121,13 @@ class Config:
 
     @property
     def data_source_resolved(self) -> str:
-        """The data source ``auto`` stands for: aclimdb with a path, else tfds."""
-        if self.data_source != "auto":
-            return self.data_source
-        return "aclimdb" if self.data_path else "tfds"
+        """The data source ``auto`` stands for, judged by what --data_path is.
+
+        See ``trainer.sources.resolve``; imported here, since sources imports Config.
+        """
+        from trainer import sources
+
+        return sources.resolve(self)
 
 
 def _validate(config: Config) -> None:
@@ -127,6 +137,7 @@ def _validate(config: Config) -> None:
         "strategy": STRATEGIES,
         "precision": PRECISIONS,
         "padding": PADDINGS,
+        "class_weight": CLASS_WEIGHTS,
     }
     for name, allowed in choices.items():
         value = getattr(config, name)
@@ -153,6 +164,7 @@ def _validate(config: Config) -> None:
             f"--validation_split={config.validation_split} must be in [0, 1): the fraction "
             "of training reviews held out for validation."
         )
+    _validate_data(config)
     if config.early_stopping_patience and not config.validation_split:
         raise UserError(
             "--early_stopping_patience needs validation data: set --validation_split > 0, "
@@ -181,6 +193,22 @@ def _validate(config: Config) -> None:
             "--max_train_examples and --max_test_examples take 0 (all) or at least 2, "
             "so both classes are present."
         )
+
+
+def _validate_data(config: Config) -> None:
+    """Raises UserError for an invalid test split or column setting."""
+    if not 0.0 <= config.test_split < 1.0:
+        raise UserError(
+            f"--test_split={config.test_split} must be in [0, 1): the fraction of the data held "
+            "out as the test set when the source has no test split and no --test_data_path."
+        )
+    for name in ("text_column", "label_column"):
+        parts = getattr(config, name).split(",")
+        if not all(part.strip() for part in parts):
+            raise UserError(f"--{name}={getattr(config, name)!r} must name a column (a name or "
+                            "a 0-based index; several text columns joined by commas).")
+    if "," in config.label_column:
+        raise UserError(f"--label_column={config.label_column!r} must be one column.")
 
 
 _ZERO = {

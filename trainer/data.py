@@ -1,10 +1,12 @@
-"""IMDB reviews: the three sources, the subsets and splits, and the tf.data pipeline.
+"""Labeled texts: the IMDB readers, the subsets and splits, and the tf.data pipeline.
 
 One batch's journey::
 
-    load()         raw reviews + labels from aclImdb (folder or .tar.gz), tfds or imdb.npz,
-                   each cut on read to what max_len tokens can use (``text_limit``),
-                   cut to a class-balanced subset, validation held out of train
+    load()         raw texts + class ids from the source trainer.sources picks (aclImdb
+                   folder or .tar.gz, tfds, imdb.npz, csv, tsv, jsonl, class folders),
+                   each cut on read to what max_len tokens can use (``text_limit``);
+                   without a test split a seeded, class-stratified test set held out;
+                   cut to class-stratified subsets, validation held out of train
     make_vectorizer()  TextVectorization adapted on the training reviews only
     encode()       review -> token ids (truncated to max_len), once, kept in memory
     batches()      per epoch: the order (seeded shuffle, with bucket_by_length sorted by
@@ -29,6 +31,7 @@ from typing import BinaryIO
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from trainer.config import Config
 from trainer.errors import UserError
@@ -85,13 +88,14 @@ def text_limit(config: Config) -> TextLimit:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """Reviews of one split and their labels (1 = positive).
+    """Texts of one split and their class ids.
 
     Attributes:
-      reviews: object array of review strings (never a fixed-width ``str``
-        array, which would be as wide as the longest review), or of int32
+      reviews: object array of text strings (never a fixed-width ``str``
+        array, which would be as wide as the longest text), or of int32
         token-id arrays for a pre-tokenized source (keras_npz).
-      labels: int32 array of 0 (negative) and 1 (positive), one per review.
+      labels: int32 class ids, one per text: indices into ``Splits.class_names``
+        (IMDB: 0 negative, 1 positive).
     """
 
     reviews: np.ndarray
@@ -106,42 +110,81 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """The run's data: train, validation (possibly empty) and test."""
+    """The run's data: train, validation (possibly empty) and test.
+
+    Attributes:
+      class_names: the classes in id order (see ``trainer.sources``).
+      class_weight: ``--class_weight``: "" or "balanced" (see ``class_weights``).
+    """
 
     train: Split
     validation: Split
     test: Split
     pretokenized: bool
     source: str
+    class_names: tuple[str, ...] = ("negative", "positive")
+    class_weight: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def load(config: Config) -> Splits:
     """Reads the configured source, then subsets and splits it reproducibly.
 
     Args:
-      config: the run's Config (data_source, data_path, max_*_examples,
-        validation_split, seed).
+      config: the run's Config (data_source, data_path, test_data_path,
+        test_split, max_*_examples, validation_split, seed).
 
     Returns:
-      Train, validation and test splits. Validation comes out of the training
-      reviews; the test reviews are only ever used for the final evaluation.
+      Train, validation and test splits. A source without a test split (and no
+      --test_data_path) gives up a seeded, class-stratified ``test_split`` of
+      its data as the test set; validation comes out of the rest. The test
+      texts are only ever used for the final evaluation.
 
     Raises:
-      UserError: the source is missing, unreadable or not IMDB-shaped.
+      UserError: the source is unknown, missing, unreadable or malformed.
     """
-    source = config.data_source_resolved
-    if source == "aclimdb":
-        train, test = read_aclimdb(config.data_path, text_limit(config))
-    elif source == "tfds":
-        train, test = read_tfds(config.tfds_data_dir, text_limit(config))
-    else:
-        train, test = read_keras_npz(config.data_path)
+    from trainer import sources  # It builds on Split; imported here to avoid a cycle.
+
+    source, train, test, class_names = sources.read(config, text_limit(config))
     rng = np.random.default_rng(config.seed)
+    if test is None:
+        if not config.test_split:
+            raise UserError(f"--data_path={config.data_path} has no test split: give "
+                            "--test_data_path, or --test_split > 0 to hold part of it out.")
+        kept, held = stratified_split(train.labels, config.test_split, rng)
+        train, test = train.take(kept), train.take(held)
+        logging.info("data: no test split in the source: held out %d of %d examples "
+                     "(--test_split=%g of each class, seed %d) as the test set", len(test),
+                     len(train) + len(test), config.test_split, config.seed)
+    logging.info("data: %d classes from %s: %s", len(class_names), source,
+                 ", ".join(class_names))
     train = train.take(balanced_subset(train.labels, config.max_train_examples, rng))
     test = test.take(balanced_subset(test.labels, config.max_test_examples, rng))
     train_idx, val_idx = stratified_split(train.labels, config.validation_split, rng)
     return Splits(train=train.take(train_idx), validation=train.take(val_idx),
-                  test=test, pretokenized=source == "keras_npz", source=source)
+                  test=test, pretokenized=source == "keras_npz", source=source,
+                  class_names=tuple(class_names), class_weight=config.class_weight)
+
+
+def class_weights(splits: Splits) -> np.ndarray | None:
+    """Per-class loss weights for ``--class_weight=balanced``, else None.
+
+    ``n_train / (n_classes * count)`` per class, as scikit-learn's "balanced":
+    each class then weighs the same in the loss; a class with no training
+    example gets 0.
+
+    Examples:
+      Training ids ``[0, 0, 0, 1]`` -> ``[0.667, 2.0]``.
+    """
+    if splits.class_weight != "balanced":
+        return None
+    counts = np.bincount(splits.train.labels, minlength=splits.num_classes).astype(np.float64)
+    weights = np.divide(len(splits.train), splits.num_classes * counts,
+                        out=np.zeros_like(counts), where=counts > 0)
+    return weights.astype(np.float32)
 
 
 # --- Sources ------------------------------------------------------------------------------
@@ -442,7 +485,13 @@ def _npz_ids(review: object) -> np.ndarray | None:
 # --- Subsets and splits -------------------------------------------------------------------
 
 def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``size`` examples, half of each class, drawn with ``rng`` (0 = all).
+    """Indices of ``size`` examples, each class in its share, drawn with ``rng`` (0 = all).
+
+    Class-stratified: class k gets ``size * n_k / n`` examples rounded down, and
+    the examples left over go one each to the classes with the largest
+    remainders (ties to the lower class id). Two balanced classes thus get
+    ``size - size // 2`` and ``size // 2``, the same subset as the two-class
+    code before it.
 
     Examples:
       ``balanced_subset([0, 0, 0, 1, 1, 1], 4, rng)`` -> two indices from
@@ -450,18 +499,33 @@ def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
     """
     if not size or size >= len(labels):
         return np.arange(len(labels))
-    chosen = []
-    for label, count in ((0, size - size // 2), (1, size // 2)):
-        members = np.flatnonzero(labels == label)
-        chosen.append(rng.choice(members, size=min(count, len(members)), replace=False))
+    classes, members_count = np.unique(labels, return_counts=True)
+    counts = stratified_counts(members_count, size)
+    chosen = [rng.choice(np.flatnonzero(labels == label), size=count, replace=False)
+              for label, count in zip(classes, counts, strict=True)]
     return np.sort(np.concatenate(chosen))
+
+
+def stratified_counts(class_counts: np.ndarray, size: int) -> np.ndarray:
+    """How many of ``size`` examples each class gets: its share, largest remainders first.
+
+    Examples:
+      ``stratified_counts([5, 5], 3)`` -> ``[2, 1]``;
+      ``stratified_counts([6, 3, 1], 5)`` -> ``[3, 2, 0]``.
+    """
+    quotas = np.asarray(class_counts, np.float64) * size / np.sum(class_counts)
+    counts = np.floor(quotas).astype(np.int64)
+    # Stable: among equal remainders the lower class id comes first.
+    order = np.argsort(-(quotas - counts), kind="stable")
+    counts[order[:size - int(counts.sum())]] += 1
+    return counts
 
 
 def stratified_split(labels: np.ndarray, fraction: float,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Splits indices into (kept, held out), holding out ``fraction`` of each class."""
     held_out = []
-    for label in (0, 1):
+    for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         count = round(fraction * len(members))
         held_out.append(rng.choice(members, size=count, replace=False))

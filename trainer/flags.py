@@ -22,22 +22,48 @@ _D = config_lib.Config()  # The defaults, read once.
 # --- Data -------------------------------------------------------------------
 flags.DEFINE_enum(
     "data_source", _D.data_source, config_lib.DATA_SOURCES,
-    "Where reviews come from. auto: aclimdb when --data_path is given, else tfds. "
-    "aclimdb: an aclImdb folder or .tar.gz (read in place, nothing extracted). "
-    "tfds: tensorflow-datasets imdb_reviews. keras_npz: a Keras imdb.npz of token ids.")
+    "Where the labeled texts come from. auto: judged by --data_path (an aclImdb folder or "
+    ".tar.gz: aclimdb; .csv, .tsv, .jsonl, optionally .gz: that format; a folder of class "
+    "folders: folders; .npz: keras_npz; none: tfds). aclimdb: an aclImdb folder or .tar.gz "
+    "(read in place, nothing extracted). tfds: tensorflow-datasets imdb_reviews. keras_npz: "
+    "a Keras imdb.npz of token ids. csv (RFC 4180), tsv (one row a line, quotes are text), "
+    "jsonl (one JSON object a line): see --text_column and --label_column. folders: "
+    "DIR/<class>/*.txt, or DIR/train/<class>/*.txt and DIR/test/<class>/*.txt.")
 flags.DEFINE_string(
     "data_path", _D.data_path,
-    "An aclImdb folder or a .tar.gz of it (the official aclImdb_v1.tar.gz or the labeled "
-    "part only), or an imdb.npz for --data_source=keras_npz.")
+    "The data, local or gs://: an aclImdb folder or a .tar.gz of it, a .csv/.tsv/.jsonl file "
+    "(optionally .gz), a folder of class folders, or an imdb.npz.")
+flags.DEFINE_string(
+    "test_data_path", _D.test_data_path,
+    "A separate test file (or folder of class folders) in --data_path's format; its labels "
+    "must all occur in --data_path. Without it, a source with no test split holds out "
+    "--test_split of the data.")
+flags.DEFINE_float(
+    "test_split", _D.test_split,
+    "Fraction of each class held out (seeded by --seed) as the test set when the source has "
+    "no test split and --test_data_path is not given.")
+flags.DEFINE_string(
+    "text_column", _D.text_column,
+    "csv/tsv/jsonl: the text's column, a header name (a JSON key) or a 0-based index; several, "
+    "comma-separated, are joined with a space (e.g. title,description).")
+flags.DEFINE_string(
+    "label_column", _D.label_column,
+    "csv/tsv/jsonl: the label's column, a header name (a JSON key) or a 0-based index. Labels "
+    "may be strings or integers; class ids follow their sorted order (numeric if all are "
+    "integers).")
+flags.DEFINE_enum(
+    "class_weight", _D.class_weight, config_lib.CLASS_WEIGHTS,
+    "balanced: weight each class's loss by n_examples / (n_classes * its count) in training; "
+    "empty: every example counts the same.")
 flags.DEFINE_string(
     "tfds_data_dir", _D.tfds_data_dir,
     "Where tensorflow-datasets keeps imdb_reviews (default: its own, ~/tensorflow_datasets).")
 flags.DEFINE_integer(
     "max_train_examples", _D.max_train_examples,
-    "Use a reproducible, class-balanced subset of this many training reviews (0 = all 25,000).")
+    "Use a reproducible, class-stratified subset of this many training examples (0 = all).")
 flags.DEFINE_integer(
     "max_test_examples", _D.max_test_examples,
-    "Use a reproducible, class-balanced subset of this many test reviews (0 = all 25,000).")
+    "Use a reproducible, class-stratified subset of this many test examples (0 = all).")
 flags.DEFINE_float(
     "validation_split", _D.validation_split,
     "Fraction of the training reviews held out for validation and early stopping "
