@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import tensorflow as tf
 
 from trainer import model
 from trainer.config import Config
-from trainer.lstm import LeanLSTM, lstm_last_state
+from trainer.lstm import MIN_ROWS_PER_CHAIN, LeanLSTM, cpu_policy, lstm_last_state, usable_cores
 
 BATCH, STEPS, FEATURES, UNITS = 5, 9, 32, 100
 
@@ -173,3 +176,47 @@ def test_a_batch_of_empty_reviews_returns_the_initial_state():
                            *[tf.constant(w) for w in lean.get_weights()], chains=2)
     np.testing.assert_array_equal(h, state)
     np.testing.assert_array_equal(c, -state)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8, 16])
+@pytest.mark.parametrize("rows", [8, 16, 32, 64, 128, 256, 512])
+def test_cpu_policy_uses_every_core_with_enough_rows_per_chain(cores, rows):
+    chains, threads = cpu_policy(cores, rows)
+    assert 1 <= chains <= cores
+    assert rows // chains >= min(rows, MIN_ROWS_PER_CHAIN)  # No chain too small to pay.
+    # Every core busy: a chain per core, or the spare cores shared out as threads per op.
+    assert chains * threads > cores - chains
+    assert threads == 1 if chains == cores else threads == cores // chains
+    if rows >= MIN_ROWS_PER_CHAIN * cores:
+        assert (chains, threads) == (cores, 1)
+
+
+@pytest.mark.parametrize("cores, rows, replicas, expected", [
+    (2, 64, 1, (2, 1)),     # This machine: two chains, one thread each, as measured.
+    (1, 64, 1, (1, 1)),     # taskset -c 0.
+    (16, 64, 1, (8, 2)),    # 8 rows a chain at most 8 chains; the other 8 cores as threads.
+    (16, 8, 1, (1, 16)),    # One chain's worth of rows: the op gets every core.
+    (8, 512, 1, (8, 1)),
+    (8, 32, 2, (4, 1)),     # Two mirrored replicas share the 8 cores: 4 each.
+    (2, 32, 2, (1, 1)),
+    (16, None, 1, (16, 1)),  # Rows unknown: a chain per core.
+])
+def test_cpu_policy_examples(cores, rows, replicas, expected):
+    assert cpu_policy(cores, rows, replicas=replicas) == expected
+
+
+def test_default_chains_follow_the_cores_this_process_may_use():
+    lean = LeanLSTM(UNITS)
+    assert lean.chains_for(64) == cpu_policy(usable_cores(), 64)[0]
+    assert lean.chains_for(64) == min(usable_cores(), 64 // MIN_ROWS_PER_CHAIN)
+    assert LeanLSTM(UNITS, chains=3).chains_for(64) == 3
+
+
+def test_one_core_runs_one_chain_under_taskset():
+    """A real process confined to one core (``taskset -c 0``) picks one chain."""
+    code = ("from trainer.lstm import LeanLSTM, usable_cores; "
+            "print(usable_cores(), LeanLSTM(4).chains_for(64))")
+    process = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.split() == ["1", "1"]

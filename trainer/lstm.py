@@ -11,12 +11,14 @@ GPU) and replaces only the CPU recurrence with TensorFlow's fused
 gradient, ``BlockLSTMGrad``, every step backwards inside another):
 
 - the batch's rows are split into ``chains`` independent recurrences, one
-  ``BlockLSTM`` op each (one per core, at most ``MAX_CHAINS``), which
-  TensorFlow runs at the same time;
-- each op is fastest on one thread: ``trainer.distribute.intra_op_threads``
-  gives every op one thread on a machine without GPUs (``--intra_op_threads``);
-  with TensorFlow's default, each small step's matmul is split across the
-  cores and the chains wait for each other;
+  ``BlockLSTM`` op each, which TensorFlow runs at the same time: one per core
+  this process may use, as long as each gets at least ``MIN_ROWS_PER_CHAIN``
+  rows (``cpu_policy``);
+- each op is fastest on one thread when there are as many chains as cores:
+  with more threads, each small step's matmul is split across the cores and
+  the chains wait for each other. With fewer chains than cores (small
+  batches, many cores) the spare cores go to the ops' threads instead
+  (``cpu_policy``; ``--intra_op_threads`` overrides it);
 - a mask is not applied step by step: a masked step carries the state
   unchanged, so each row's unmasked steps are moved to the front (one gather),
   and the row's state is read after that many steps.
@@ -36,8 +38,41 @@ import os
 import keras
 import tensorflow as tf
 
-# Default cap on LeanLSTM's chains: measured on 2 cores only (benchmarks/README.md).
-MAX_CHAINS = 2
+# Fewest rows a chain is given: below it, a step's matmul is too small to be worth a core.
+MIN_ROWS_PER_CHAIN = 8
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under ``taskset``)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def cpu_policy(cores: int, rows_per_replica: int | None, replicas: int = 1,
+               min_rows_per_chain: int = MIN_ROWS_PER_CHAIN) -> tuple[int, int]:
+    """LeanLSTM's chains per replica and TensorFlow's intra-op threads on a CPU.
+
+    One chain per core, as long as each chain keeps ``min_rows_per_chain``
+    rows: the chains run side by side, each on one core, and one thread per
+    op keeps them from waiting for each other. When the rows allow fewer chains
+    than cores, the cores left over are shared out as threads per op.
+
+    Args:
+      cores: CPU cores the process may use (``usable_cores``).
+      rows_per_replica: the rows one replica's LSTM sees per step (the global
+        batch over the replicas); None if unknown (a chain per core).
+      replicas: replicas sharing the cores (``--cpu_replicas``), each running
+        its own chains.
+      min_rows_per_chain: fewest rows worth a chain.
+
+    Returns:
+      ``(chains, intra_op_threads)``, both at least 1.
+    """
+    cores_per_replica = max(1, cores // max(1, replicas))
+    chains = cores_per_replica
+    if rows_per_replica is not None:
+        chains = max(1, min(chains, rows_per_replica // max(1, min_rows_per_chain)))
+    threads = 1 if chains >= cores_per_replica else cores_per_replica // chains
+    return chains, threads
 
 
 @keras.saving.register_keras_serializable(package="trainer")
@@ -51,24 +86,30 @@ class LeanLSTM(keras.layers.LSTM):
     Args:
       units: as for ``keras.layers.LSTM``.
       chains: independent recurrences the batch's rows are split into, so that
-        several CPU cores each run one; None means one per core, at most
-        ``MAX_CHAINS``. It changes speed only, never a result.
+        several CPU cores each run one; None means ``cpu_policy``'s choice for
+        the cores this process may use and the batch's rows. It changes speed
+        only, never a result.
       **kwargs: as for ``keras.layers.LSTM``.
     """
 
     def __init__(self, units: int, chains: int | None = None, **kwargs: object) -> None:
         super().__init__(units, **kwargs)
         self.chains = chains
+        self._rows_seen: int | None = None  # The static batch size the last call traced.
 
     def get_config(self) -> dict:
         return {**super().get_config(), "chains": self.chains}
 
     @property
     def chains_used(self) -> int:
-        """The number of recurrences ``call`` runs side by side on a CPU."""
+        """The recurrences ``call`` runs side by side on a CPU (for the last batch traced)."""
+        return self.chains_for(self._rows_seen)
+
+    def chains_for(self, rows: int | None) -> int:
+        """The chains for a batch of ``rows`` (None: unknown): ``chains``, or ``cpu_policy``'s."""
         if self.chains:
             return self.chains
-        return max(1, min(MAX_CHAINS, len(os.sched_getaffinity(0))))
+        return cpu_policy(usable_cores(), rows, replicas=_local_replicas())[0]
 
     def runs_lean(self, training: bool = False) -> bool:
         """Whether ``call`` runs the fused BlockLSTM op rather than Keras' own loop.
@@ -100,12 +141,21 @@ class LeanLSTM(keras.layers.LSTM):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         dtype = self.compute_dtype
+        self._rows_seen = sequences.shape[0]
         h, c = lstm_last_state(
             sequences, initial_state[0], initial_state[1], mask,
             kernel=keras.ops.cast(self.cell.kernel, dtype),
             recurrent_kernel=keras.ops.cast(self.cell.recurrent_kernel, dtype),
             bias=keras.ops.cast(self.cell.bias, dtype), chains=self.chains_used)
         return h, h[:, None, :], [h, c]
+
+
+def _local_replicas() -> int:
+    """Replicas in this process (mirrored CPU replicas share its cores); 1 by default."""
+    strategy = tf.distribute.get_strategy()
+    if not tf.distribute.has_strategy():
+        return 1
+    return len(strategy.extended.worker_devices)
 
 
 def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Tensor | None,
