@@ -8,6 +8,7 @@ computed by the module that needs them, never written back here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container, Iterable
 from typing import Any
 
 from trainer.errors import UserError
@@ -28,13 +29,10 @@ class Config:
     tokens) trained the fast way: reviews grouped by length, right-padded and
     masked, the gradient's norm clipped at 0.25, the embedding's gradient
     handed to Adam dense, the weights' moving average validated and kept, and
-    on a CPU the LSTM's fused recurrence with one thread per op. In
-    ``benchmarks/`` that trained 3.7-4.4x the article's examples/s and reached
-    0.87 test accuracy after 2 epochs, 6-11x sooner than the article's code.
-    ``--article_settings`` restores the article's exact recipe (pre-padding to
-    500, no mask, no clipping, sparse embedding gradient, the last weights,
-    Keras' own LSTM).
-    See ``trainer/flags.py`` for what each field means.
+    on a CPU the LSTM's fused recurrence with one thread per op (measured in
+    ``benchmarks/README.md``). ``PRESETS["article_settings"]`` is the article's
+    exact recipe. Each field's comment says what it is; ``trainer/flags.py``
+    has the longer help.
     """
 
     # Data.
@@ -50,46 +48,44 @@ class Config:
     label_column: str = "label"
     class_weight: str = ""
     # Model.
-    vocab_size: int = 10000
-    max_len: int = 500
-    embedding_dim: int = 32
-    lstm_units: int = 100
-    lean_lstm: bool = True
-    padding: str = "post"
-    mask_padding: bool = False
-    bucket_by_length: bool = True
-    bucket_window_batches: int = 100
+    vocab_size: int = 10000  # Token ids, padding (0) and out-of-vocabulary (1) included.
+    max_len: int = 500  # Tokens a review keeps after truncation (and padding, unbucketed).
+    embedding_dim: int = 32  # Embedding width.
+    lstm_units: int = 100  # LSTM units.
+    lean_lstm: bool = True  # On a CPU, LeanLSTM's fused recurrence instead of Keras' loop.
+    padding: str = "post"  # Side reviews are padded and truncated on: pre or post.
+    mask_padding: bool = False  # Mask padding tokens (implied by bucket_by_length).
+    bucket_by_length: bool = True  # Batch reviews of similar length, padded to the longest.
+    bucket_window_batches: int = 100  # Batches per length-sorted window when bucketing.
     # Training.
-    batch_size: int = 64
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    clip_norm: float = 0.25
-    dense_embedding_gradient: bool = True
-    ema_momentum: float = 0.99
-    seed: int = 42
-    early_stopping_patience: int = 2
-    steps_per_loop: int = 1
+    batch_size: int = 64  # GLOBAL batch, split evenly over all replicas.
+    epochs: int = 10  # Most passes over the training reviews.
+    learning_rate: float = 1e-3  # Adam's learning rate.
+    clip_norm: float = 0.25  # Clip the gradient's global norm to this; 0 = off.
+    dense_embedding_gradient: bool = True  # Give Adam the embedding's gradient dense.
+    ema_momentum: float = 0.99  # Keep the weights' moving average with this momentum; 0 = off.
+    seed: int = 42  # Seeds subsets, splits, shuffles and initialization.
+    early_stopping_patience: int = 2  # Epochs without a lower val loss before stopping; 0 = off.
+    steps_per_loop: int = 1  # Training steps per tf.function call.
     # Distribution.
-    strategy: str = "auto"
-    num_gpus: int = 0
-    # Stop at start-up, before reading any data, when TensorFlow sees no GPU.
-    require_gpu: bool = False
-    cpu_replicas: int = 0
-    cluster_timeout_secs: int = 600
-    precision: str = "auto"
-    intra_op_threads: int | None = None
+    strategy: str = "auto"  # tf.distribute strategy; auto looks at TF_CONFIG and the GPUs.
+    num_gpus: int = 0  # Use only the first N GPUs; 0 = all.
+    require_gpu: bool = False  # Stop at start-up, before reading data, if there is no GPU.
+    cpu_replicas: int = 0  # Split the CPU into N logical devices; 0 = do not split.
+    cluster_timeout_secs: int = 600  # How long workers wait for the whole cluster to start.
+    precision: str = "auto"  # Keras dtype policy; auto: mixed_float16 on a GPU, else float32.
+    intra_op_threads: int | None = None  # Threads per op; None: 1 for LeanLSTM on a CPU.
     # Outputs.
-    model_dir: str = ""
-    checkpoint_dir: str = ""
-    tensorboard_dir: str = ""
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
-    log_every_steps: int = 50
-    profile_steps: str = ""
-    overwrite: bool = False
-    smoke_test: bool = False
-    article_settings: bool = False
-    fast_settings: bool = False
+    model_dir: str = ""  # Where the run writes everything; resolved by trainer.flags.
+    checkpoint_dir: str = ""  # Checkpoints; resolved to <model_dir>/checkpoints.
+    tensorboard_dir: str = ""  # Event files; resolved to <model_dir>/tensorboard.
+    checkpoint_every_steps: int = 0  # Also checkpoint every N steps; 0 = epoch ends only.
+    keep_checkpoints: int = 3  # Checkpoints kept on disk.
+    log_every_steps: int = 50  # A progress line every N training steps.
+    profile_steps: str = ""  # START,STOP of a profiler trace; empty = none.
+    overwrite: bool = False  # Start a finished --model_dir over instead of reporting it done.
+    # The PRESETS that set the values above (a record for metrics.json and HParams).
+    presets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -130,8 +126,74 @@ class Config:
         return sources.resolve(self)
 
 
+# Named sets of values, each switched on by its flag (--smoke_test, --article_settings).
+# A preset, not a separate code path: the run is the same job with other values. Applied
+# in this order, so where both set a value the smoke test's wins (--article_settings
+# --smoke_test is the article's recipe on the smoke test's data).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The article's code: keras pad_sequences(maxlen=500) (pre), no mask, model.fit at
+    # batch 64, compile("adam") (1e-3, no clipping, the sparse embedding gradient), the last
+    # weights, Keras' own LSTM layer.
+    "article_settings": {
+        "max_len": 500,
+        "padding": "pre",
+        "mask_padding": False,
+        "bucket_by_length": False,
+        "batch_size": 64,
+        "learning_rate": 1e-3,
+        "clip_norm": 0.0,
+        "dense_embedding_gradient": False,
+        "ema_momentum": 0.0,
+        "lean_lstm": False,
+    },
+    # The whole path on a few thousand reviews, short sequences and few epochs. Its weight
+    # average spans about its last 10 of 168 steps; the default's 100 (a small part of a
+    # full run's 1,000 and more) would reach back into its first epoch.
+    "smoke_test": {
+        "max_train_examples": 4000,
+        "max_test_examples": 2000,
+        "max_len": 128,
+        "epochs": 3,
+        "early_stopping_patience": 0,
+        "ema_momentum": 0.9,
+        "log_every_steps": 20,
+    },
+}
+
+
+def apply_presets(values: dict[str, Any], presets: Iterable[str],
+                  explicit: Container[str]) -> dict[str, Any]:
+    """``values`` with the named presets applied under the explicitly given settings.
+
+    Args:
+      values: Config field values (the flags' values, defaults included).
+      presets: names of PRESETS to apply, in any order.
+      explicit: names of the settings given explicitly, which no preset overrides.
+
+    Returns:
+      A new dict of field values, ``presets`` recording the names applied.
+
+    Raises:
+      UserError: a name that is not in PRESETS.
+    """
+    wanted = set(presets)
+    unknown = wanted - set(PRESETS)
+    if unknown:
+        raise UserError(f"unknown preset(s) {', '.join(sorted(unknown))}; the presets are "
+                        f"{', '.join(PRESETS)}.")
+    result = dict(values)
+    applied = tuple(name for name in PRESETS if name in wanted)
+    for name in applied:
+        result.update({key: value for key, value in PRESETS[name].items()
+                       if key not in explicit})
+    result["presets"] = applied
+    return result
+
+
 def _validate(config: Config) -> None:
     """Raises UserError naming the flag for the first invalid value."""
+    if set(config.presets) - set(PRESETS):
+        raise UserError(f"presets={config.presets!r}: the presets are {', '.join(PRESETS)}.")
     choices = {
         "data_source": DATA_SOURCES,
         "strategy": STRATEGIES,

@@ -1,127 +1,107 @@
-"""Which tf.distribute strategy runs the job, TF_CONFIG checks, and who is chief.
+"""The strategy factory and the Runtime: what this process trains on.
 
-``make_strategy`` must be the process's first TensorFlow work: device splitting
+``make_runtime`` must be the process's first TensorFlow work: device splitting
 and MultiWorkerMirroredStrategy both have to happen before TensorFlow
-initializes its devices.
+initializes its devices. It probes the GPUs once; everything else reads the
+``Runtime`` it returns (strategy, GPUs, chief, precision, workers) instead of
+asking TensorFlow again. The cluster itself (TF_CONFIG, coordination, lost
+workers, who is chief) is ``trainer.cluster``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
+import dataclasses
 import os
-import re
-import shutil
-import socket
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
+from trainer import cluster
+
+# Transition: the cluster's names, importable from here as before the split. New code
+# imports trainer.cluster.
+from trainer.cluster import (  # noqa: F401
+    check_port_free,
+    is_chief,
+    leader_job,
+    lost_workers_stop,
+    num_tasks,
+    num_workers,
+    parse_tf_config,
+    private_dir,
+    remove_private_dir,
+    task,
+    task_address,
+)
 from trainer.config import Config
-from trainer.errors import ClusterError, UserError
+from trainer.errors import UserError
 
-# The task types this trainer runs; an evaluator or parameter server has no code here.
-_TASK_TYPES = ("chief", "worker")
-
-# What collectives raise when a peer process is gone or silent.
-_LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
-                     tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+MIRRORED_ON_ONE_DEVICE = (
+    "--strategy=mirrored sees one device here: it runs one replica; use --cpu_replicas=2 to "
+    "try two replicas on a CPU, or a machine with several GPUs.")
 
 
-def parse_tf_config(raw: str | None) -> dict[str, Any] | None:
-    """Parses and checks a TF_CONFIG value; None when it is unset or empty.
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What the run trains on, decided once at start-up.
 
-    Keys other than "cluster" and "task" (Vertex AI adds "environment" and
-    "job") are kept and ignored.
-
-    Args:
-      raw: the TF_CONFIG environment variable.
-
-    Returns:
-      The parsed cluster description.
-
-    Raises:
-      UserError: with one line saying what is wrong, for anything that would
-        otherwise make TensorFlow crash or wait forever for a worker.
+    Attributes:
+      strategy: the tf.distribute strategy every replica runs under.
+      num_gpus: GPUs this process uses (after --num_gpus); 0 on a CPU.
+      chief: whether this process writes the shared outputs.
+      precision: the Keras dtype policy (``--precision``, ``auto`` resolved).
+      num_workers: processes training together (1 outside a cluster).
     """
-    if not raw or not raw.strip():
-        return None
-    try:
-        tf_config = json.loads(raw)
-    except ValueError as error:
-        raise UserError(f"TF_CONFIG is not valid JSON ({error}); expected e.g. "
-                        '{"cluster": {"worker": ["host0:port", "host1:port"]}, '
-                        '"task": {"type": "worker", "index": 0}}.') from None
-    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
-        raise UserError('TF_CONFIG has no "cluster" object naming the workers, e.g. '
-                        '{"cluster": {"worker": ["host0:port", "host1:port"]}, ...}.')
-    cluster = tf_config["cluster"]
-    if not cluster:
-        raise UserError('TF_CONFIG "cluster" is empty; list the workers\' host:port addresses.')
-    for task_type, addresses in cluster.items():
-        if (not isinstance(addresses, list) or not addresses
-                or not all(isinstance(a, str) and ":" in a for a in addresses)):
-            raise UserError(f'TF_CONFIG cluster "{task_type}" must be a non-empty list of '
-                            f'"host:port" strings, not {json.dumps(addresses)}.')
-        if task_type not in _TASK_TYPES:
-            raise UserError(f'TF_CONFIG cluster has "{task_type}" tasks, which this trainer does '
-                            'not run (it validates and tests inside the training job): list '
-                            'only "chief" and "worker" tasks.')
-    task = tf_config.get("task")
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise UserError('TF_CONFIG has no "task" with "type" and "index": each process must '
-                        'say which cluster member it is, e.g. {"type": "worker", "index": 0}.')
-    task_type, index = task["type"], task["index"]
-    if task_type not in _TASK_TYPES:
-        # TensorFlow's side-car evaluator is not listed in "cluster"; it would crash later.
-        raise UserError(f'TF_CONFIG task type {json.dumps(task_type)} is not supported: this '
-                        'trainer runs only "chief" and "worker" tasks (it validates and tests '
-                        'inside the training job); start only those.')
-    if task_type not in cluster:
-        raise UserError(f'TF_CONFIG task type "{task_type}" is not in the cluster '
-                        f'({", ".join(cluster)}).')
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(
-            cluster[task_type]):
-        raise UserError(f'TF_CONFIG task index {json.dumps(index)} is out of range: cluster '
-                        f'"{task_type}" has {len(cluster[task_type])} task(s), indices 0 to '
-                        f"{len(cluster[task_type]) - 1}.")
-    return tf_config
+
+    strategy: tf.distribute.Strategy
+    num_gpus: int
+    chief: bool
+    precision: str
+    num_workers: int
+
+    @property
+    def strategy_name(self) -> str:
+        """The --strategy value the strategy stands for (logs, metrics.json)."""
+        return strategy_name(self.strategy)
+
+    @property
+    def num_replicas(self) -> int:
+        """Replicas in sync, over all workers."""
+        return self.strategy.num_replicas_in_sync
 
 
-def make_strategy(config: Config) -> tf.distribute.Strategy:
-    """Creates the strategy ``config.strategy`` names; ``auto`` looks at the hardware.
-
-    auto: multi_worker when TF_CONFIG names several tasks, mirrored with several
-    GPUs (or a CPU split by --cpu_replicas), one_device with one GPU, else the
-    default strategy.
+def make_runtime(config: Config) -> Runtime:
+    """Creates the strategy ``config.strategy`` names and describes what it runs on.
 
     Raises:
       UserError: TF_CONFIG is malformed, or the named strategy cannot run here.
+      ClusterError: a worker named in TF_CONFIG did not start in time.
     """
-    tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
+    tf_config = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
     # Only physical-device calls until the strategy exists: listing logical devices
     # initializes TensorFlow, after which collectives can no longer be configured.
     num_gpus = _configure_gpus(config)
     set_intra_op_threads(intra_op_threads(config, num_gpus))
     name = choose(config, tf_config, num_gpus=num_gpus)
     if name == "multi_worker":
-        # With no TF_CONFIG this is a valid one-worker cluster.
-        if tf_config:
-            check_port_free(tf_config)
-            _configure_coordination(tf_config, config.cluster_timeout_secs)
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
-        except _LOST_PEER_ERRORS as error:
-            raise ClusterError(
-                f"the cluster did not come together within --cluster_timeout_secs="
-                f"{config.cluster_timeout_secs}: {_missing(error, tf_config)}. Start every "
-                "worker named in TF_CONFIG, each with its own task index.") from None
-    if name == "tpu":
-        return _make_tpu_strategy()
+        strategy = cluster.make_multi_worker_strategy(tf_config, config.cluster_timeout_secs)
+    elif name == "tpu":
+        strategy = _make_tpu_strategy()
+    else:
+        strategy = _make_local_strategy(config, name)
+    return Runtime(strategy=strategy, num_gpus=num_gpus, chief=cluster.is_chief(strategy),
+                   precision=resolve_precision(config, num_gpus),
+                   num_workers=cluster.num_workers(strategy))
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    """Transition: ``make_runtime(config).strategy`` for callers not yet on Runtime."""
+    return make_runtime(config).strategy
+
+
+def _make_local_strategy(config: Config, name: str) -> tf.distribute.Strategy:
+    """The default, one_device or mirrored strategy over this process's devices."""
     if config.cpu_replicas:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -131,7 +111,21 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(devices[0].name)
+    if len(devices) == 1:
+        logging.warning(MIRRORED_ON_ONE_DEVICE)
     return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def resolve_precision(config: Config, num_gpus: int) -> str:
+    """The Keras dtype policy: ``auto`` is mixed_float16 with a GPU, float32 without.
+
+    Args:
+      config: precision.
+      num_gpus: GPUs the run uses.
+    """
+    if config.precision != "auto":
+        return config.precision
+    return "mixed_float16" if num_gpus else "float32"
 
 
 def choose(config: Config, tf_config: dict[str, Any] | None, num_gpus: int) -> str:
@@ -144,146 +138,11 @@ def choose(config: Config, tf_config: dict[str, Any] | None, num_gpus: int) -> s
     """
     if config.strategy != "auto":
         return config.strategy
-    if tf_config and num_tasks(tf_config["cluster"]) > 1:
+    if tf_config and cluster.num_tasks(tf_config["cluster"]) > 1:
         return "multi_worker"
     if num_gpus > 1 or (not num_gpus and config.cpu_replicas > 1):
         return "mirrored"
     return "one_device" if num_gpus == 1 else "default"
-
-
-def _configure_coordination(tf_config: dict[str, Any], timeout_secs: int) -> None:
-    """Sets up the coordination service MultiWorkerMirroredStrategy would, with a deadline.
-
-    The strategy's own set-up lets worker 0 wait forever for a worker that never
-    starts. With ``cluster_register_with_barrier`` every task, the leader
-    included, gives up after ``timeout_secs``. Its heartbeats (10 s by default)
-    are what make the survivors stop when a worker dies silently mid-run.
-    TensorFlow has no public API for these settings.
-    """
-    try:
-        # Private modules: only the multi-worker path needs them.
-        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-        from tensorflow.python.eager import context
-    except ImportError as error:
-        raise UserError(
-            f"TF_CONFIG: multi-worker training needs TensorFlow's coordination service "
-            f"settings, which TensorFlow {tf.__version__} no longer has where this trainer "
-            f"looks ({error}); install the TensorFlow version setup.py names, or run without "
-            "TF_CONFIG.") from None
-    cluster = tf_config["cluster"]
-    leader = f"/job:{leader_job(cluster)}/replica:0/task:0"
-    context.context().configure_coordination_service(
-        service_type="standalone", service_leader=leader,
-        cluster_register_timeout_in_ms=timeout_secs * 1000,
-        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(tasks))
-                          for job, tasks in cluster.items() if job in ("chief", "worker")])
-    context.context().coordination_service.cluster_register_with_barrier = True
-
-
-def task_address(tf_config: dict[str, Any]) -> str:
-    """This process's ``host:port`` in a parsed TF_CONFIG."""
-    task = tf_config["task"]
-    return tf_config["cluster"][task["type"]][task["index"]]
-
-
-def check_port_free(tf_config: dict[str, Any]) -> None:
-    """Refuses a TF_CONFIG whose port for this task is already taken on this machine.
-
-    TensorFlow's own failure is a traceback ("Could not start gRPC server") on
-    this worker and a long wait on the others. Its server listens on every
-    interface, so the port is tried there too. Only "address in use" is
-    reported: an address of another machine is TensorFlow's to judge.
-
-    Raises:
-      UserError: naming the address and what to do.
-    """
-    address = task_address(tf_config)
-    port = address.rpartition(":")[2]
-    if not port.isdigit():
-        raise UserError(f"TF_CONFIG: this task's address {address!r} has no port number; "
-                        'write it as "host:port".')
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # As gRPC does: a port left in TIME_WAIT by a finished run is free to use.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", int(port)))
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:
-                return
-            task = tf_config["task"]
-            raise UserError(
-                f"TF_CONFIG: {task['type']} {task['index']}'s address {address} cannot be "
-                f"used: port {port} is already taken on this machine (another trainer still "
-                "running, or another program). Stop that process, or give this task a free "
-                "port in TF_CONFIG on every worker.") from None
-
-
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """Processes training together: the tasks of TF_CONFIG's cluster, else 1."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    return max(1, num_tasks(resolver.cluster_spec().as_dict()))
-
-
-def num_tasks(cluster: dict[str, Any]) -> int:
-    """Processes a TF_CONFIG-style cluster names, over all its jobs."""
-    return sum(len(tasks) for tasks in cluster.values())
-
-
-def leader_job(cluster: dict[str, Any]) -> str:
-    """The job whose task 0 leads coordination: the chief if there is one, else worker 0."""
-    return "chief" if "chief" in cluster else "worker"
-
-
-@contextlib.contextmanager
-def lost_workers_stop(strategy: tf.distribute.Strategy, checkpoint_dir: str) -> Iterator[None]:
-    """Turns a collective failing on a lost peer into ClusterError, with what to do next.
-
-    When a worker dies, the others' collectives fail at once (connection reset)
-    or when its heartbeats stop; TensorFlow's message is a page of RPC detail.
-    """
-    try:
-        yield
-    except _LOST_PEER_ERRORS as error:
-        if num_workers(strategy) == 1:
-            raise
-        raise ClusterError(
-            f"lost contact with another worker ({_first_line(error)}); every worker stops. "
-            f"Start all of them again with the same command to resume from the last "
-            f"checkpoint in {checkpoint_dir}.") from None
-
-
-def _first_line(error: tf.errors.OpError) -> str:
-    """The line of a TensorFlow error that says what happened, without the RPC detail."""
-    noise = ("Graph execution error", "Detected at node", "File ", "Additional GRPC", ":UNKNOWN",
-             "[[", "The error could be")
-    lines = [re.sub(r"^\{\{[^}]*\}\}", "", line).strip() for line in error.message.splitlines()]
-    useful = [line for line in lines if line and not line.startswith(noise)]
-    if not useful:
-        return type(error).__name__
-    first = useful[0]
-    if first.endswith(":") and len(useful) > 1:  # "... unhealthy (stopped sending heartbeats):"
-        first += " " + useful[1]
-    return first[:200]
-
-
-def _missing(error: tf.errors.OpError, tf_config: dict[str, Any] | None) -> str:
-    """Who the cluster waited for, from a failed start."""
-    # The leader lists who never registered, one per line after "Some timed out task names:".
-    listed = error.message.partition("timed out task names:")[2].strip().splitlines()
-    tasks = []
-    for line in listed:
-        task = re.fullmatch(r"/job:(\w+)/replica:\d+/task:(\d+)", line.strip())
-        if not task:
-            break
-        tasks.append(f"{task[1]} {task[2]}")
-    if tasks:
-        return "no word from " + ", ".join(dict.fromkeys(tasks))
-    if not tf_config:
-        return "no answer from the cluster's leader"
-    job = leader_job(tf_config["cluster"])
-    return f"no answer from {job} 0 at {tf_config['cluster'][job][0]}, which leads the cluster"
 
 
 def _configure_gpus(config: Config) -> int:
@@ -393,41 +252,3 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
     }.get(type(strategy).__name__, "default")
 
 
-def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
-    """(task type, task index) of this process; (None, 0) outside a cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return None, 0
-    return resolver.task_type, int(resolver.task_id or 0)
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the shared outputs.
-
-    The ``chief`` task, or worker 0 when the cluster has no chief; any process
-    that is not part of a cluster.
-    """
-    task_type, task_id = task(strategy)
-    if task_type is None or task_type == "chief":
-        return True
-    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and "chief" not in cluster
-
-
-def private_dir(path: str, strategy: tf.distribute.Strategy) -> str:
-    """``path`` for the chief; a fresh temporary folder for other workers.
-
-    Every worker must take part in saving a distributed checkpoint, but only
-    the chief's copy is kept: the others write to a folder that
-    ``remove_private_dir`` deletes at the end.
-    """
-    if is_chief(strategy):
-        return path
-    task_type, task_id = task(strategy)
-    return tempfile.mkdtemp(prefix=f"imdb-{task_type}{task_id}-")
-
-
-def remove_private_dir(path: str, shared_path: str) -> None:
-    """Deletes a folder made by ``private_dir`` (never the shared one)."""
-    if path != shared_path:
-        shutil.rmtree(path, ignore_errors=True)

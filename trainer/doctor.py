@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app
 from absl import flags as absl_flags
 
-from trainer import distribute, flags, model, train
+from trainer import cluster, distribute, flags, model
 from trainer.config import Config
 from trainer.errors import UserError, exit_with, parse_flags
 
@@ -67,7 +67,7 @@ def report(config: Config, new_run_dir: bool = False) -> tuple[list[str], list[s
         "Intra-op    " + (f"{threads} thread(s) per op" if threads
                           else "TensorFlow's choice (one per core)"),
         f"Strategy    {distribute.choose(config, tf_config, used_gpus)}, precision "
-        f"{train.resolve_precision(config)}",
+        f"{distribute.resolve_precision(config, used_gpus)}",
         f"TF_CONFIG   {tf_config_line}",
         f"model_dir   {model_dir_line}",
     ]
@@ -92,7 +92,7 @@ def _gpu_lines(gpus: list[Any]) -> list[str]:
 
 def _lstm_kernel(config: Config, used_gpus: int) -> str:
     """The recurrence the run's LSTM would use, read off the model these flags build."""
-    keras.mixed_precision.set_global_policy(train.resolve_precision(config))
+    keras.mixed_precision.set_global_policy(distribute.resolve_precision(config, used_gpus))
     net = model.build(config)
     blockers = model.cudnn_blockers(net, config)
     on_gpu = ("cuDNN-eligible" if not blockers
@@ -105,21 +105,21 @@ def _lstm_kernel(config: Config, used_gpus: int) -> str:
 def _tf_config(problems: list[str]) -> tuple[str, dict[str, Any] | None]:
     """A summary of TF_CONFIG (who is chief, how many tasks), and the parsed value."""
     try:
-        tf_config = distribute.parse_tf_config(os.environ.get("TF_CONFIG"))
+        tf_config = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
         if tf_config:
-            distribute.check_port_free(tf_config)
+            cluster.check_port_free(tf_config)
     except UserError as error:
         problems.append(str(error))
         return f"INVALID: {error}", None
     if not tf_config:
         return "not set (one process)", None
-    cluster = tf_config["cluster"]
-    chief = distribute.leader_job(cluster)
+    tasks = tf_config["cluster"]
+    chief = cluster.leader_job(tasks)
     task = tf_config["task"]
-    return (f"{distribute.num_tasks(cluster)} task(s) "
-            f"({', '.join(f'{len(v)} {k}' for k, v in cluster.items())}); "
-            f"chief: {chief} 0 at {cluster[chief][0]}; this process: {task['type']} "
-            f"{task['index']} at {distribute.task_address(tf_config)}"), tf_config
+    return (f"{cluster.num_tasks(tasks)} task(s) "
+            f"({', '.join(f'{len(v)} {k}' for k, v in tasks.items())}); "
+            f"chief: {chief} 0 at {tasks[chief][0]}; this process: {task['type']} "
+            f"{task['index']} at {cluster.task_address(tf_config)}"), tf_config
 
 
 def _model_dir(path: str, problems: list[str]) -> str:
@@ -188,6 +188,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (``imdb-doctor``)."""
+    flags.show_grouped_help(__doc__)
     app.run(main, flags_parser=parse_flags)
 
 

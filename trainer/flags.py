@@ -1,7 +1,9 @@
 """Every command-line flag, grouped, and the one function that turns them into a Config.
 
-Defaults live in ``trainer.config.Config``; each flag reads its default from
-there so that a default is written down exactly once.
+Defaults live in ``trainer.config.Config``, presets in ``trainer.config.PRESETS``;
+each flag reads its default from there so that a value is written down exactly
+once. Each ``_section`` call starts a group (Data, Model, ...): ``help_text``
+renders the groups in ``GROUPS`` order for ``--help``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,26 @@ import datetime
 import json
 import os
 import secrets
+import sys
 
-from absl import flags
+from absl import flags, logging
 
 from trainer import config as config_lib
 from trainer.errors import UserError
 
 _D = config_lib.Config()  # The defaults, read once.
+
+# The --help groups, in the order --help shows them.
+GROUPS = ("Presets", "Data", "Model", "Training", "Distribution", "Outputs")
+_SECTIONS: list[tuple[str, int]] = []  # (group, how many flags this module had defined before).
+
+
+def _section(group: str) -> None:
+    """Puts the flags defined from here to the next ``_section`` call into ``group``."""
+    _SECTIONS.append((group, len(flags.FLAGS.get_flags_for_module(__name__))))
+
+
+_section("Data")
 
 # --- Data -------------------------------------------------------------------
 flags.DEFINE_enum(
@@ -70,6 +85,7 @@ flags.DEFINE_float(
     "(the test reviews are never used for either).")
 
 # --- Model ------------------------------------------------------------------
+_section("Model")
 flags.DEFINE_integer("vocab_size", _D.vocab_size,
                      "Vocabulary size, including padding (0) and out-of-vocabulary (1) ids.")
 flags.DEFINE_integer("max_len", _D.max_len,
@@ -79,8 +95,8 @@ flags.DEFINE_integer("lstm_units", _D.lstm_units, "LSTM units (the article: 100)
 flags.DEFINE_bool(
     "lean_lstm", _D.lean_lstm,
     "On a CPU, run the LSTM through trainer.lstm.LeanLSTM: Keras' layer, weights and function "
-    "(within 1e-5), its recurrence one fused BlockLSTM op per core (about 1.5x Keras' loop at "
-    "217 masked steps in benchmarks/). On a GPU it is Keras' LSTM (cuDNN) either way. Off: "
+    "(within 1e-5), its recurrence one fused BlockLSTM op per core (faster than Keras' loop: "
+    "see benchmarks/README.md). On a GPU it is Keras' LSTM (cuDNN) either way. Off: "
     "keras.layers.LSTM everywhere, as the article.")
 flags.DEFINE_enum(
     "padding", _D.padding, config_lib.PADDINGS,
@@ -93,14 +109,15 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "bucket_by_length", _D.bucket_by_length,
     "Batch reviews of similar length together, pad each batch (on the --padding side) only to "
-    "its longest review and mask the padding: the LSTM runs about 2.3x fewer steps on IMDB and "
-    "computes the same prediction for each review. Implies the mask of --mask_padding.")
+    "its longest review and mask the padding: the LSTM runs fewer steps and computes the same "
+    "prediction for each review. Implies the mask of --mask_padding.")
 flags.DEFINE_integer(
     "bucket_window_batches", _D.bucket_window_batches,
     "With --bucket_by_length: batches per length-sorted window of shuffled reviews. Larger "
-    "pads less (100: 1% padding on IMDB; 10: 10%); batches are shuffled within a window.")
+    "pads less; batches are shuffled within a window.")
 
 # --- Training ---------------------------------------------------------------
+_section("Training")
 flags.DEFINE_integer("batch_size", _D.batch_size,
                      "GLOBAL batch size, split evenly across all replicas (the article: 64).")
 flags.DEFINE_integer("epochs", _D.epochs, "Maximum number of passes over the training reviews.")
@@ -128,6 +145,7 @@ flags.DEFINE_integer(
     "Training steps run inside one tf.function call; more means less Python overhead.")
 
 # --- Distribution and performance ---------------------------------------------
+_section("Distribution")
 flags.DEFINE_enum(
     "strategy", _D.strategy, config_lib.STRATEGIES,
     "tf.distribute strategy. auto: multi_worker when TF_CONFIG names several tasks, mirrored "
@@ -157,10 +175,10 @@ flags.DEFINE_integer(
     "Threads one TensorFlow op may split its work across (0 = TensorFlow's choice, one per "
     "core). Unset: 1 without a GPU when --lean_lstm runs, since LeanLSTM's recurrences, one "
     "per core, are the parallelism and splitting each small step across cores too costs more "
-    "than it saves (the layer alone: 1.52x Keras' LSTM with 1, 0.95x with TensorFlow's choice, "
-    "in benchmarks/); else TensorFlow's choice.")
+    "than it saves (see benchmarks/README.md); else TensorFlow's choice.")
 
 # --- Outputs ----------------------------------------------------------------
+_section("Outputs")
 flags.DEFINE_string(
     "model_dir", _D.model_dir,
     "Where everything the run writes goes: metrics.json, vocabulary, model, checkpoints, "
@@ -186,65 +204,59 @@ flags.DEFINE_string(
 flags.DEFINE_bool("overwrite", _D.overwrite,
                   "Start over in a --model_dir that holds a finished run, deleting its "
                   "checkpoints, instead of reporting it finished.")
+flags.DEFINE_integer(
+    "tf_log_level", None,
+    "TensorFlow's C++ log level (TF_CPP_MIN_LOG_LEVEL), set before TensorFlow loads: 0 shows "
+    "everything (its start-up notes included), 1 warnings and errors, 2 errors only, 3 "
+    "nothing. Unset: $TF_CPP_MIN_LOG_LEVEL if set, else 2.", lower_bound=0, upper_bound=3)
+
+# --- Presets ----------------------------------------------------------------
+# Each switches on trainer.config.PRESETS[name]; flags given explicitly win over it.
+_section("Presets")
 flags.DEFINE_bool(
-    "article_settings", _D.article_settings,
+    "article_settings", False,
     "The article's exact recipe: every review pre-padded and pre-truncated to --max_len=500, "
     "no mask, no length bucketing, no gradient clipping, Adam 1e-3 on the sparse embedding "
     "gradient as model.fit gives it, the last weights (no average), Keras' own LSTM layer, "
-    "batch 64. About a quarter of the defaults' speed on a CPU. Flags given explicitly still "
-    "win over the preset.")
+    "batch 64. Flags given explicitly still win over the preset.")
 flags.DEFINE_bool(
-    "fast_settings", _D.fast_settings,
-    "Pin today's defaults: length bucketing with right padding and a mask "
-    "(--bucket_by_length --padding=post), --clip_norm=0.25, --dense_embedding_gradient, "
-    "--ema_momentum=0.99 and --lean_lstm. About 3.7-4.4x the article's training examples/s "
-    "on 2 CPU cores, with the LSTM still cuDNN-eligible. Flags given explicitly still win over "
-    "the preset.")
+    "smoke_test", False,
+    "Prove the whole path quickly: a few thousand reviews, short sequences, few epochs. Flags "
+    "given explicitly still win over the preset.")
 flags.DEFINE_bool(
-    "smoke_test", _D.smoke_test,
-    "Prove the whole path in about a minute on 2 CPU cores: a few thousand reviews, short "
-    "sequences, few epochs. Flags given explicitly still win over the preset.")
+    "fast_settings", False,
+    "Deprecated, does nothing: the defaults are these settings (length bucketing, right "
+    "padding, clipping, the dense embedding gradient, the weights' average, LeanLSTM).")
 
-# A preset, not a separate code path: the smoke test runs the same job on less data. Its
-# weight average spans about its last 10 of 168 steps; the default's 100 (a small part of
-# a full run's 1,000 and more) would reach back into its first epoch.
-SMOKE_TEST_PRESET = {
-    "max_train_examples": 4000,
-    "max_test_examples": 2000,
-    "max_len": 128,
-    "epochs": 3,
-    "early_stopping_patience": 0,
-    "ema_momentum": 0.9,
-    "log_every_steps": 20,
-}
+# Transition, for callers not yet on trainer.config.PRESETS (benchmarks/, tests).
+SMOKE_TEST_PRESET = config_lib.PRESETS["smoke_test"]
+ARTICLE_PRESET = config_lib.PRESETS["article_settings"]
+# What --fast_settings pinned: the defaults.
+FAST_PRESET = {name: getattr(_D, name) for name in (
+    "bucket_by_length", "padding", "clip_norm", "dense_embedding_gradient", "ema_momentum",
+    "lean_lstm")}
 
-# The article's code: keras pad_sequences(maxlen=500) (pre), no mask, model.fit at batch 64,
-# compile("adam") (1e-3, no clipping).
-ARTICLE_PRESET = {
-    "max_len": 500,
-    "padding": "pre",
-    "mask_padding": False,
-    "bucket_by_length": False,
-    "batch_size": 64,
-    "learning_rate": 1e-3,
-    "clip_norm": 0.0,
-    "dense_embedding_gradient": False,
-    "ema_momentum": 0.0,
-    "lean_lstm": False,
-}
 
-# The defaults, pinned: length bucketing, right-padded (cuDNN-eligible with the mask
-# bucketing implies), and the gradient clipped: without clipping, length-grouped batches
-# trained unstably (test accuracy dips of 0.05-0.3 between epochs in benchmarks/). The
-# weights' moving average smooths what dips remain (0.01-0.04 from one epoch to the next).
-FAST_PRESET = {
-    "bucket_by_length": True,
-    "padding": "post",
-    "clip_norm": 0.25,
-    "dense_embedding_gradient": True,
-    "ema_momentum": 0.99,
-    "lean_lstm": True,
-}
+def show_grouped_help(doc: str | None) -> None:
+    """Makes ``--help`` print ``doc`` and then the project's flags in their groups.
+
+    absl's ``--help`` prints the ``__main__`` module's docstring and then that
+    module's own flags, which are none in the programs: the flags live here.
+    ``--helpfull`` still lists every flag, absl's included.
+    """
+    text = (doc or "") + "\nflags (--helpfull lists absl's too):\n" + help_text()
+    # absl fills in "%s" with the program's name: keep every other "%" as it is.
+    sys.modules["__main__"].__doc__ = text.replace("%", "%%")
+
+
+def help_text(flag_values: flags.FlagValues = flags.FLAGS) -> str:
+    """This module's flags with their help, grouped in ``GROUPS`` order (for ``--help``)."""
+    own = flag_values.get_flags_for_module(__name__)
+    bounds = [start for _, start in _SECTIONS[1:]] + [len(own)]
+    for (group, start), end in zip(_SECTIONS, bounds, strict=True):
+        for flag in own[start:end]:
+            flag_values.register_key_flag_for_module(group, flag)
+    return "\n".join(flag_values.module_help(group) for group in GROUPS)
 
 
 def to_config(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
@@ -261,19 +273,14 @@ def to_config(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
     """
     values = {
         field.name: flag_values[field.name].value
-        for field in dataclasses.fields(config_lib.Config)
+        for field in dataclasses.fields(config_lib.Config) if field.name != "presets"
     }
-    if values["article_settings"] and values["fast_settings"]:
-        raise UserError("--article_settings and --fast_settings contradict each other; "
-                        "pick one.")
-    # Data settings first, then smoke: --fast_settings --smoke_test is bucketing on the smoke
-    # test's short reviews.
-    for switch, presets in (("article_settings", ARTICLE_PRESET), ("fast_settings", FAST_PRESET),
-                            ("smoke_test", SMOKE_TEST_PRESET)):
-        if values[switch]:
-            for name, preset in presets.items():
-                if not flag_values[name].present:
-                    values[name] = preset
+    if _switched_on(flag_values, "fast_settings"):
+        logging.warning("--fast_settings is deprecated and does nothing: the defaults are "
+                        "those settings. Drop the flag.")
+    values = config_lib.apply_presets(
+        values, [name for name in config_lib.PRESETS if _switched_on(flag_values, name)],
+        explicit={name for name in values if flag_values[name].present})
     # Vertex AI custom jobs name their output folders in these variables.
     model_dir = values["model_dir"] or os.environ.get("AIP_MODEL_DIR")
     if not model_dir:
@@ -289,6 +296,11 @@ def to_config(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
                                  or os.environ.get("AIP_TENSORBOARD_LOG_DIR")
                                  or f"{values['model_dir']}/tensorboard").rstrip("/")
     return config_lib.Config(**values)
+
+
+def _switched_on(flag_values: flags.FlagValues, name: str) -> bool:
+    """Whether a preset switch is on; False where ``flag_values`` lacks it (tests' copies)."""
+    return name in flag_values and bool(flag_values[name].value)
 
 
 def _is_cluster() -> bool:

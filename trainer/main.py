@@ -2,7 +2,7 @@
 
 Commands people type::
 
-    # Prove the whole path in about a minute on a CPU.
+    # Prove the whole path quickly on a CPU.
     python -m trainer.main --smoke_test --data_path=../shared/data/aclImdb_v1_labeled.tar.gz
 
     # The article's model on all 25,000 training reviews.
@@ -15,7 +15,8 @@ Commands people type::
     TF_CONFIG='{"cluster": {"worker": ["h0:2222", "h1:2222"]}, "task": {"type": "worker",
       "index": 0}}' python -m trainer.main --strategy=multi_worker --model_dir=gs://b/run
 
-``--helpfull`` lists every flag; ``--flagfile=configs/smoke.flags`` reads a preset.
+``--help`` lists the project's flags by group, ``--helpfull`` every flag;
+``--flagfile=configs/smoke.flags`` reads a preset.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ def _stopped_while_importing(signum: int, frame: object) -> None:
 for _signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(_signum, _stopped_while_importing)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
-
 from absl import app  # noqa: E402 (after the signal handlers above)
+from absl import flags as absl_flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from trainer import flags, train  # noqa: E402
+from trainer import flags  # noqa: E402 (no TensorFlow: it loads after --tf_log_level)
 from trainer.errors import UserError, exit_code_and_line, exit_with, parse_flags  # noqa: E402
-from trainer.preemption import SIGNALS  # noqa: E402
+
+TF_QUIET_LEVEL = "2"  # TF_CPP_MIN_LOG_LEVEL by default: errors only, no start-up notes.
 
 
 def main(argv: list[str]) -> None:
@@ -55,12 +56,19 @@ def main(argv: list[str]) -> None:
     Exit codes (README, "What ends a run"): 0 finished, 1 diverged, 2 bad input,
     75 stopped by SIGTERM or a lost worker (run the same command again), 130 Ctrl-C.
     """
-    SIGNALS.install()
     try:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
-                            "(see --helpfull).")
-        train.train_and_evaluate(flags.to_config())
+                            "(see --help).")
+        config = flags.to_config()  # Bad flags stop here, before TensorFlow's seconds.
+        set_tf_log_level(absl_flags.FLAGS.tf_log_level)
+        # TensorFlow loads here, once its C++ log level is set.
+        from trainer import train
+        from trainer.preemption import SIGNALS
+
+        _quiet_tensorflow_internals()
+        SIGNALS.install()
+        train.train_and_evaluate(config)
     except Exception as error:
         ending = exit_code_and_line(error)
         if ending is None:
@@ -68,11 +76,23 @@ def main(argv: list[str]) -> None:
         exit_with(ending[1], ending[0])
 
 
+def set_tf_log_level(level: int | None) -> None:
+    """Sets TF_CPP_MIN_LOG_LEVEL for TensorFlow, which reads it once, when it loads.
+
+    Args:
+      level: --tf_log_level; None keeps $TF_CPP_MIN_LOG_LEVEL, else TF_QUIET_LEVEL.
+    """
+    if level is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_QUIET_LEVEL)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
+
+
 def run() -> None:
     """Console-script entry point (``imdb-train``)."""
     # TensorFlow's Python INFO lines (per-reduce device placement) drown the progress.
     py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
-    _quiet_tensorflow_internals()
+    flags.show_grouped_help(__doc__)
     app.run(main, flags_parser=parse_flags)
 
 

@@ -53,6 +53,16 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``1h02m``: short enough for a progress line."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class Summaries:
     """Implements ``loop.Reporter``: log lines, TensorBoard scalars and the profiler window.
 
@@ -64,13 +74,20 @@ class Summaries:
       steps_per_call: training steps per call of the compiled loop
         (``loop.Loop.steps_per_call``, which may be 1 where
         ``--steps_per_loop`` cannot apply); None: ``config.steps_per_loop``.
+      total_steps: the training steps the whole run would take without early
+        stopping (steps per epoch x --epochs), for the ETA on each line; None
+        prints no ETA.
     """
 
     def __init__(self, config: Config, is_chief: bool, model: keras.Model,
                  optimizer: keras.optimizers.Optimizer, *,
-                 steps_per_call: int | None = None) -> None:
+                 steps_per_call: int | None = None, total_steps: int | None = None) -> None:
         self.config = config
         self.optimizer = optimizer
+        self.total_steps = total_steps
+        # (step, time) of this process's first training call: elapsed and ETA count from
+        # there, so a resumed run's rate is its own, validation time included.
+        self._training_start: tuple[int, float] | None = None
         self.writer = (tf.summary.create_file_writer(config.tensorboard_dir) if is_chief
                        else tf.summary.create_noop_writer())
         # Chief only: several processes tracing into one folder would mix their files.
@@ -99,22 +116,48 @@ class Summaries:
 
     def before_train_steps(self, step: int) -> None:
         """The clock part of ``train_call``: no profiler step marker (use ``train_call``)."""
+        now = time.perf_counter()
         if self._interval_start is None:
-            self._interval_start = (step, time.perf_counter())
+            self._interval_start = (step, now)
+        if self._training_start is None:
+            self._training_start = (step, now)
         self.profiler.before_train_steps(step)
 
     def train_progress(self, step: int, epoch: int, epoch_step: int, steps_in_epoch: int,
                        metrics: dict[str, float]) -> None:
         metrics = {**metrics, **self._interval_metrics(step)}
-        logging.info("epoch %d/%d | step %d/%d | %s", epoch, self.config.epochs, epoch_step,
-                     steps_in_epoch, format_metrics(metrics))
+        logging.info("epoch %d/%d | step %d/%d | %s%s", epoch, self.config.epochs, epoch_step,
+                     steps_in_epoch, format_metrics(metrics), self._clock(step))
         self.scalars(step, metrics)
 
     def epoch_end(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        logging.info("epoch %d/%d done | step %d | %s", epoch, self.config.epochs, step,
-                     format_metrics(metrics))
+        logging.info("epoch %d/%d done | step %d | %s%s", epoch, self.config.epochs, step,
+                     format_metrics(metrics), self._clock(step))
         self.scalars(step, {EPOCH_PREFIX + name: value for name, value in metrics.items()})
         self._interval_start = None  # Validation time is not step time.
+
+    def early_stop(self, epoch: int, best_epoch: int, patience: int) -> None:
+        """Says that early stopping ended training after ``epoch``, and which epoch is kept."""
+        logging.info("early stopping after epoch %d: the validation loss has not improved for "
+                     "%d epoch(s) (--early_stopping_patience=%d); keeping epoch %d's weights, "
+                     "the lowest validation loss", epoch, epoch - best_epoch, patience,
+                     best_epoch)
+
+    def _clock(self, step: int) -> str:
+        """`` | elapsed 1m05s | eta 2m10s``: since training began here, and to the last step.
+
+        The ETA assumes the rest of the run goes at this attempt's pace so far
+        (validation included) and that early stopping does not end it sooner.
+        """
+        if self._training_start is None:
+            return ""
+        start_step, start_time = self._training_start
+        elapsed = time.perf_counter() - start_time
+        text = f" | elapsed {format_duration(elapsed)}"
+        if self.total_steps and step > start_step:
+            left = max(self.total_steps - step, 0)
+            text += f" | eta {format_duration(left * elapsed / (step - start_step))}"
+        return text
 
     def scalars(self, step: int, metrics: dict[str, float]) -> None:
         with self.writer.as_default(step=step):
@@ -152,9 +195,19 @@ class Summaries:
 
 
 def hparams(config: Config) -> dict[str, str | bool | int | float]:
-    """The run's flags as HParams values (which must be str, bool, int or float)."""
-    return {name: value if isinstance(value, str | bool | int | float) else str(value)
-            for name, value in config.to_dict().items()}
+    """The run's settings as HParams values (which must be str, bool, int or float).
+
+    The values are the resolved ones (a preset's included); ``presets`` names
+    the presets applied, comma-separated.
+    """
+    def value(item: Any) -> str | bool | int | float:
+        if isinstance(item, str | bool | int | float):
+            return item
+        if isinstance(item, tuple | list):
+            return ",".join(str(part) for part in item)
+        return str(item)
+
+    return {name: value(item) for name, item in config.to_dict().items()}
 
 
 class ProfilerWindow:
