@@ -343,3 +343,49 @@ def _write_zip(path, files: dict[str, bytes]):
 def _write_npz(path, x, y):
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
     return path
+
+
+def _old_balanced_subset(labels, size, rng):
+    """balanced_subset as it was for two classes, before K classes: the reference."""
+    if not size or size >= len(labels):
+        return np.arange(len(labels))
+    chosen = []
+    for label, count in ((0, size - size // 2), (1, size // 2)):
+        members = np.flatnonzero(labels == label)
+        chosen.append(rng.choice(members, size=min(count, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _old_stratified_split(labels, fraction, rng):
+    held_out = []
+    for label in (0, 1):
+        members = np.flatnonzero(labels == label)
+        held_out.append(rng.choice(members, size=round(fraction * len(members)), replace=False))
+    held = np.sort(np.concatenate(held_out)).astype(np.int64)
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+@pytest.mark.parametrize("max_train, max_test, validation, seed", [
+    (4000, 2000, 0.1, 42), (4001, 1999, 0.1, 3), (0, 0, 0.1, 42), (600, 200, 0.25, 7)])
+def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, monkeypatch,
+                                                                  max_train, max_test,
+                                                                  validation, seed):
+    from trainer import sources
+    train, test = _IMDB.get("splits") or _IMDB.setdefault(
+        "splits", data.read_aclimdb(imdb_archive, data.text_limit(Config())))
+    rng = np.random.default_rng(seed)
+    old_train = train.take(_old_balanced_subset(train.labels, max_train, rng))
+    old_test = test.take(_old_balanced_subset(test.labels, max_test, rng))
+    kept, held = _old_stratified_split(old_train.labels, validation, rng)
+    monkeypatch.setitem(sources.READERS, "aclimdb",
+                        lambda config, limit: (train, test, sources.IMDB_CLASSES))
+    splits = data.load(Config(data_path=imdb_archive, max_train_examples=max_train,
+                              max_test_examples=max_test, validation_split=validation,
+                              seed=seed))
+    assert list(splits.train.reviews) == list(old_train.take(kept).reviews)
+    assert list(splits.validation.reviews) == list(old_train.take(held).reviews)
+    assert list(splits.test.reviews) == list(old_test.reviews)
+    assert splits.class_names == ("negative", "positive")
+
+
+_IMDB: dict = {}  # The real archive's splits, read once for the tests above.
