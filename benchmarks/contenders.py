@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import torch_contender
 from trainer import data, distribute, flags, loop, model
 from trainer.config import Config
 
@@ -49,6 +50,7 @@ FORWARD_FLOPS_PER_TIMESTEP = 2 * 4 * 100 * (32 + 100)
 TRAIN_FLOPS_PER_TIMESTEP = 3 * FORWARD_FLOPS_PER_TIMESTEP
 
 NAMES = ("article_code", "harness_article", "harness_fast")
+TORCH = "torch_lstm"  # benchmarks/torch_contender.py; only where PyTorch is installed.
 
 
 def log(message: str) -> None:
@@ -116,6 +118,8 @@ class ArticleCode:
         self.x_train, self.y_train = _padded_arrays(reviews, reviews.splits.train, encoding)
         self.x_test, self.y_test = _padded_arrays(reviews, reviews.splits.test, encoding)
         keras.utils.set_random_seed(seed)
+        self._rng = np.random.default_rng(seed)  # train_steps' epoch order.
+        self._order: list[np.ndarray] = []
         self.model = keras.Sequential([
             keras.layers.Embedding(10000, 32),
             keras.layers.LSTM(100),
@@ -133,6 +137,23 @@ class ArticleCode:
         self.model.fit(self.x_train, self.y_train, batch_size=64, epochs=1, verbose=0)
         seconds = time.perf_counter() - start
         return Epoch(seconds, len(self.x_train), len(self.x_train) * self.max_len)
+
+    def train_steps(self, steps: int) -> tuple[Epoch, bool]:
+        """Trains the next ``steps`` batches of the epoch (``model.fit`` on them, in order).
+
+        The epoch's order is one shuffle, as ``model.fit`` draws; fit then runs
+        on each slice of it unshuffled. Returns the work and whether the epoch ended.
+        """
+        if not self._order:
+            order = self._rng.permutation(len(self.x_train))
+            self._order = [order[i:i + 64] for i in range(0, len(order), 64)]
+        rows = np.concatenate(self._order[:steps])
+        del self._order[:steps]
+        start = time.perf_counter()
+        self.model.fit(self.x_train[rows], self.y_train[rows], batch_size=64, epochs=1,
+                       shuffle=False, verbose=0)
+        seconds = time.perf_counter() - start
+        return Epoch(seconds, len(rows), len(rows) * self.max_len), not self._order
 
     def test_accuracy(self) -> float:
         return float(self.model.evaluate(self.x_test, self.y_test, verbose=0)[1])
@@ -202,6 +223,31 @@ class Harness:
         seconds, examples = self._run(batches)
         return Epoch(seconds, examples, timesteps)
 
+    def train_steps(self, steps: int) -> tuple[Epoch, bool]:
+        """Trains the next ``steps`` steps of the epoch (a new epoch when the last ended).
+
+        Returns the work and whether the epoch ended.
+        """
+        if getattr(self, "_iterator", None) is None:
+            self.epochs_done += 1
+            batches = self.epoch_batches(self.epochs_done)
+            self._widths = [int(tf.size(ids)) for ids, _ in batches]  # Outside the clock.
+            self._iterator = iter(self.strategy.experimental_distribute_dataset(batches))
+        start, examples, done = time.perf_counter(), 0, 0
+        while done < steps:
+            sums = self.loop.train_steps(self._iterator, min(self.loop.steps_per_call,
+                                                             steps - done))
+            if not int(sums[3]):
+                self._iterator = None
+                break
+            done += int(sums[3])
+            examples += int(sums[2])
+        timesteps = sum(self._widths[:done])
+        del self._widths[:done]
+        if not self._widths:
+            self._iterator = None
+        return Epoch(time.perf_counter() - start, examples, timesteps), self._iterator is None
+
     def _run(self, batches: tf.data.Dataset) -> tuple[float, int]:
         start = time.perf_counter()  # Includes the pipeline's start: the epoch's order.
         iterator = iter(self.strategy.experimental_distribute_dataset(batches))
@@ -255,7 +301,7 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
       seed: initialization and shuffling.
       **changes: Config fields applied to every harness contender.
     """
-    if name == "article_code":
+    if name in ("article_code", TORCH):
         return None
     base, _, spec = name.partition(":")
     if base not in NAMES[1:]:
@@ -264,6 +310,22 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
     variant = {key: ast.literal_eval(value)
                for key, value in (item.split("=", 1) for item in spec.split("+") if item)}
     return harness_config(base, seed, **{**changes, **variant})
+
+
+class UnavailableError(RuntimeError):
+    """A contender that cannot run here (PyTorch not installed); the benchmarks skip it."""
+
+
+def startable(names: list[str], splits: data.Splits, seed: int,
+              **changes: object) -> list[Isolated]:
+    """An ``Isolated`` per name, skipping (with a message) those that cannot run here."""
+    racers = []
+    for name in names:
+        try:
+            racers.append(Isolated(name, splits, seed, **changes))
+        except UnavailableError as why:
+            log(str(why))
+    return racers
 
 
 class Isolated:
@@ -277,6 +339,8 @@ class Isolated:
 
     def __init__(self, name: str, splits: data.Splits, seed: int, **changes: object) -> None:
         contender_config(name, seed, **changes)  # A bad name fails here, not in the child.
+        if name == TORCH and (why := torch_contender.available()):
+            raise UnavailableError(why)
         self.name = name
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -294,14 +358,17 @@ class Isolated:
     def train_epoch_in_memory(self) -> Epoch:
         return self._call("train_epoch_in_memory")
 
+    def train_steps(self, steps: int) -> tuple[Epoch, bool]:
+        return self._call("train_steps", steps)
+
     def test_accuracy(self) -> float:
         return self._call("test_accuracy")
 
     def settings(self) -> dict:
         return self._call("settings")
 
-    def _call(self, method: str) -> Any:
-        self._conn.send(method)
+    def _call(self, method: str, *args: object) -> Any:
+        self._conn.send((method, args))
         try:
             status, value = self._conn.recv()
         except EOFError:
@@ -328,10 +395,15 @@ def _serve(conn: Connection, name: str, splits: data.Splits, seed: int,
         distribute.set_intra_op_threads(distribute.intra_op_threads(
             config, num_gpus=len(tf.config.list_physical_devices("GPU"))))
     reviews = vectorize(splits)
-    racer = ArticleCode(reviews, seed) if config is None else Harness(name, reviews, config)
-    while (method := conn.recv()) != "stop":
+    if name == TORCH:
+        from benchmarks.torch_contender import TorchLSTM
+        racer = TorchLSTM(reviews, seed)
+    else:
+        racer = ArticleCode(reviews, seed) if config is None else Harness(name, reviews, config)
+    while (message := conn.recv()) != "stop":
+        method, args = message
         try:
-            conn.send(("ok", getattr(racer, method)()))
+            conn.send(("ok", getattr(racer, method)(*args)))
         except Exception:
             conn.send(("error", traceback.format_exc()))
 

@@ -12,7 +12,8 @@ of them alike; ratios are taken within a round, and the median over rounds is
 reported. The JSON on stdout holds examples/sec, the speed-up over the
 article's code, the LSTM's achieved GFLOP/s against a dense matmul timed in
 the same run, and whether the input pipeline keeps up (real pipeline vs the
-same batches held in memory).
+same batches held in memory). ``torch_lstm`` (PyTorch, ``benchmarks/torch_contender.py``)
+races too where PyTorch is installed, and is skipped with a message where it is not.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_reviews", type=int, default=6400,
                         help="Training reviews per epoch, class-balanced (0 = all 25,000).")
     parser.add_argument("--rounds", type=int, default=3, help="Timed epochs per contender.")
-    parser.add_argument("--contenders", default=",".join(contenders.NAMES),
+    parser.add_argument("--contenders",
+                        default=",".join((*contenders.NAMES, contenders.TORCH)),
                         help=f"Comma-separated, from {', '.join(contenders.NAMES)}, or variants "
                              "such as harness_fast:bucket_window_batches=10.")
     parser.add_argument("--steps_per_loop", type=int, default=0,
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"loading {args.train_reviews or 'all'} training reviews from {args.data_path}")
     splits = contenders.load_splits(args.data_path, args.train_reviews, 2, args.seed)
     changes = {"steps_per_loop": args.steps_per_loop} if args.steps_per_loop else {}
-    racers = [contenders.Isolated(name, splits, args.seed, **changes) for name in names]
+    racers = contenders.startable(names, splits, args.seed, **changes)
     try:
         return _race(racers, args, len(splits.train))
     finally:
