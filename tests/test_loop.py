@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints, data, loop, model
+from trainer import checkpoints, data, loop, model, steps, train
 from trainer.config import Config
 
 
@@ -40,6 +40,7 @@ def tiny_config(**changes) -> Config:
 
 
 def tiny_datasets(config: Config, n: int = 48, flip_validation: bool = False) -> loop.Datasets:
+    """What train.py hands the loop: per-epoch training batches, and "val"."""
     rng = np.random.default_rng(0)
     labels = np.arange(n, dtype=np.int32) % 2
     reviews = np.empty(n, dtype=object)
@@ -50,8 +51,13 @@ def tiny_datasets(config: Config, n: int = 48, flip_validation: bool = False) ->
     # Flipped validation labels: the better the model learns, the worse validation gets.
     validation = (data.encode(data.Split(reviews, 1 - labels), None, config)
                   if flip_validation else encoded)
-    return loop.Datasets(train=encoded, validation=validation, test=encoded,
+    return loop.Datasets(train=train.epoch_batches(encoded, config), train_examples=n,
+                         evaluation={"val": train.evaluation_batches(validation, config)},
                          global_batch_size=config.batch_size)
+
+
+def fit(trainer: loop.Loop, datasets: loop.Datasets, reporter, *managers) -> loop.FitResult:
+    return trainer.fit(datasets, trainer.plan(datasets.train_examples), reporter, *managers)
 
 
 def make_loop(config: Config, checkpoint_dir: str) -> tuple[loop.Loop, tuple]:
@@ -67,7 +73,7 @@ def test_a_train_step_changes_every_parameter(tmp_path):
     config = tiny_config(epochs=1)
     trainer, managers = make_loop(config, str(tmp_path))
     before = [v.numpy().copy() for v in trainer.model.trainable_variables]
-    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    fit(trainer, tiny_datasets(config), Recorder(), *managers)
     after = [v.numpy() for v in trainer.model.trainable_variables]
     for variable, old, new in zip(trainer.model.trainable_variables, before, after, strict=True):
         assert not np.allclose(old, new), f"{variable.path} did not change"
@@ -77,7 +83,7 @@ def test_fit_reports_each_epoch_and_learns(tmp_path):
     config = tiny_config(epochs=8, learning_rate=0.05)
     trainer, managers = make_loop(config, str(tmp_path))
     recorder = Recorder()
-    result = trainer.fit(tiny_datasets(config), recorder, *managers)
+    result = fit(trainer, tiny_datasets(config), recorder, *managers)
     assert [e["epoch"] for e in recorder.epochs] == list(range(1, 9))
     assert result.train_steps == 8 * (48 // 8) == trainer.step
     assert recorder.progress and all(step % 2 == 0 for step in recorder.progress)
@@ -88,14 +94,14 @@ def test_fit_reports_each_epoch_and_learns(tmp_path):
 def test_resume_continues_at_the_saved_step_and_epoch(tmp_path):
     config = tiny_config(epochs=2)
     first, managers = make_loop(config, str(tmp_path))
-    first.fit(tiny_datasets(config), Recorder(), *managers)
+    fit(first, tiny_datasets(config), Recorder(), *managers)
     assert first.step == 12
 
     resumed_config = tiny_config(epochs=3)
     second, managers = make_loop(resumed_config, str(tmp_path))
     second.checkpoint.restore(tf.train.latest_checkpoint(str(tmp_path)))
     recorder = Recorder()
-    result = second.fit(tiny_datasets(resumed_config), recorder, *managers)
+    result = fit(second, tiny_datasets(resumed_config), recorder, *managers)
     assert [e["epoch"] for e in recorder.epochs] == [3]  # Epochs 1 and 2 are not repeated.
     assert result.train_steps == 18
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
@@ -105,12 +111,12 @@ def test_early_stopping_keeps_the_best_epochs_weights(tmp_path):
     config = tiny_config(epochs=12, early_stopping_patience=2, learning_rate=0.05)
     trainer, managers = make_loop(config, str(tmp_path))
     datasets = tiny_datasets(config, flip_validation=True)
-    result = trainer.fit(datasets, Recorder(), *managers)
+    result = fit(trainer, datasets, Recorder(), *managers)
     best = min(result.history, key=lambda h: h["val/loss"])
     assert result.best_epoch == best["epoch"]
     assert result.stopped_early
     assert result.epochs_completed == result.best_epoch + 2 < 12
-    restored = trainer.evaluate(datasets.validation, "val")
+    restored = trainer.evaluate(datasets.evaluation["val"], "val")
     assert restored["val/loss"] == pytest.approx(best["val/loss"], rel=1e-4)
 
 
@@ -120,26 +126,26 @@ def test_the_kept_weights_are_the_validated_average_and_training_follows_the_raw
     trainer, managers = make_loop(config, str(tmp_path))
     recorder = Recorder()
     datasets = tiny_datasets(config)
-    trainer.fit(datasets, recorder, *managers)
-    kept = trainer.evaluate(datasets.validation, "val")["val/loss"]
+    fit(trainer, datasets, recorder, *managers)
+    kept = trainer.evaluate(datasets.evaluation["val"], "val")["val/loss"]
     assert kept == pytest.approx(recorder.epochs[-1]["val/loss"], rel=1e-5)
 
     # The training state holds the weights training follows, and the average beside them.
     resumed, _ = make_loop(config, str(tmp_path / "unused"))
     resumed.checkpoint.restore(tf.train.latest_checkpoint(str(tmp_path)))
-    raw = resumed.evaluate(datasets.validation, "val")["val/loss"]
+    raw = resumed.evaluate(datasets.evaluation["val"], "val")["val/loss"]
     assert raw != pytest.approx(kept, rel=1e-3)
     with resumed.averaged_weights():
-        assert resumed.evaluate(datasets.validation, "val")["val/loss"] == pytest.approx(
+        assert resumed.evaluate(datasets.evaluation["val"], "val")["val/loss"] == pytest.approx(
             kept, rel=1e-5)
-    assert resumed.evaluate(datasets.validation, "val")["val/loss"] == raw
+    assert resumed.evaluate(datasets.evaluation["val"], "val")["val/loss"] == raw
 
 
 def test_without_the_average_the_kept_weights_are_the_last_steps(tmp_path):
     config = tiny_config(epochs=2, learning_rate=0.05, ema_momentum=0.0)
     trainer, managers = make_loop(config, str(tmp_path))
     datasets = tiny_datasets(config)
-    trainer.fit(datasets, Recorder(), *managers)
+    fit(trainer, datasets, Recorder(), *managers)
     last = [v.numpy() for v in trainer.model.trainable_variables]
     resumed, _ = make_loop(config, str(tmp_path / "unused"))
     resumed.checkpoint.restore(tf.train.latest_checkpoint(str(tmp_path)))
@@ -151,7 +157,7 @@ def test_without_the_average_the_kept_weights_are_the_last_steps(tmp_path):
 def test_nan_loss_stops_at_once_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
     config = tiny_config(epochs=3)
     trainer, managers = make_loop(config, str(tmp_path))
-    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    fit(trainer, tiny_datasets(config), Recorder(), *managers)
     good = tf.train.latest_checkpoint(str(tmp_path))
     more = tiny_config(epochs=5)
     broken, managers = make_loop(more, str(tmp_path))
@@ -159,14 +165,14 @@ def test_nan_loss_stops_at_once_naming_the_step_and_keeps_the_last_checkpoint(tm
     kernel = broken.model.get_layer("positive").kernel
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))
     with pytest.raises(loop.TrainingDivergedError, match=r"at step 19 \(epoch 4\)"):
-        broken.fit(tiny_datasets(more), Recorder(), *managers)
+        fit(broken, tiny_datasets(more), Recorder(), *managers)
     assert tf.train.latest_checkpoint(str(tmp_path)) == good
 
 
 def test_a_half_written_checkpoint_is_never_picked(tmp_path):
     config = tiny_config(epochs=1)
     trainer, managers = make_loop(config, str(tmp_path))
-    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    fit(trainer, tiny_datasets(config), Recorder(), *managers)
     complete = tf.train.latest_checkpoint(str(tmp_path))
     # What a kill -9 in the middle of the next save leaves: TensorFlow writes the shards to a
     # temporary folder and lists a checkpoint in the "checkpoint" file only once it is whole.
@@ -182,7 +188,7 @@ def test_a_half_written_checkpoint_is_never_picked(tmp_path):
 def test_only_the_newest_keep_checkpoints_stay_on_disk(tmp_path):
     config = tiny_config(epochs=2, checkpoint_every_steps=2, keep_checkpoints=2)
     trainer, managers = make_loop(config, str(tmp_path))
-    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    fit(trainer, tiny_datasets(config), Recorder(), *managers)
     # 12 steps: saves at steps 2, 4, 6 (and the epoch end), 8, 10, 12 (and the epoch end).
     kept = sorted(int(p.name.split("-")[1].split(".")[0]) for p in tmp_path.glob("ckpt-*.index"))
     assert kept == [7, 8]
@@ -202,20 +208,20 @@ def test_clipping_takes_the_norm_of_the_summed_gradient_and_keeps_it_sparse():
     dense = [tf.convert_to_tensor(g) for g in gradients]
     expected, norm = tf.clip_by_global_norm(dense, 1.3)
     assert float(norm) == pytest.approx(170 ** 0.5)
-    clipped = loop.clip_by_global_norm(gradients, 1.3)
+    clipped = steps.clip_by_global_norm(gradients, 1.3)
     assert isinstance(clipped[0], tf.IndexedSlices)  # Adam still gets the slices as they were.
     for got, want in zip(clipped, expected, strict=True):
         np.testing.assert_allclose(tf.convert_to_tensor(got), want, rtol=1e-6)
     # Below the threshold nothing changes; the loss scale is divided out of the norm.
-    unchanged = loop.clip_by_global_norm(gradients, 20.0)
+    unchanged = steps.clip_by_global_norm(gradients, 20.0)
     np.testing.assert_array_equal(tf.convert_to_tensor(unchanged[1]), dense[1])
-    scaled = loop.clip_by_global_norm(_embedding_and_dense_gradients(128.0), 1.3, scale=128.0)
+    scaled = steps.clip_by_global_norm(_embedding_and_dense_gradients(128.0), 1.3, scale=128.0)
     np.testing.assert_allclose(tf.convert_to_tensor(scaled[1]) / 128.0, expected[1], rtol=1e-6)
 
 
 def test_clipping_lets_an_overflow_through_for_loss_scaling_to_see():
     gradients = [tf.constant([np.inf, 1.0]), tf.constant([2.0])]
-    clipped = loop.clip_by_global_norm(gradients, 1.0)
+    clipped = steps.clip_by_global_norm(gradients, 1.0)
     assert np.isinf(clipped[0].numpy()[0]) and clipped[1].numpy()[0] == 2.0
 
 
@@ -248,14 +254,14 @@ def test_adam_squares_a_tokens_summed_gradient_only_when_asked(tmp_path, dense):
 def test_an_exploding_loss_stops_and_sets_aside_the_checkpoints_it_did_not_vouch_for(tmp_path):
     config = tiny_config(epochs=1)
     trainer, managers = make_loop(config, str(tmp_path))
-    trainer.fit(tiny_datasets(config), Recorder(), *managers)
+    fit(trainer, tiny_datasets(config), Recorder(), *managers)
     good = tf.train.latest_checkpoint(str(tmp_path))
     more = tiny_config(epochs=3, checkpoint_every_steps=1, clip_norm=0.0, learning_rate=1e30)
     exploding, managers = make_loop(more, str(tmp_path))
     exploding.checkpoint.restore(good)
     exploding.optimizer.learning_rate = 1e30  # What train.py does with a resumed run's new rate.
     with pytest.raises(loop.TrainingDivergedError, match="Try a lower --learning_rate"):
-        exploding.fit(tiny_datasets(more), Recorder(), *managers)
+        fit(exploding, tiny_datasets(more), Recorder(), *managers)
     # Whatever was saved after the last healthy loss is in diverged/, so the run resumes
     # from weights that were seen to train, all finite.
     kept = tf.train.latest_checkpoint(str(tmp_path))

@@ -3,12 +3,19 @@
 ``<model_dir>/export/<version>/`` (version 1, then 2, ... if the folder is
 exported again) holds one signature::
 
-    serving_default(reviews: tf.string [batch]) -> {"positive_probability": tf.float32 [batch]}
+    serving_default(reviews: tf.string [batch]) -> {
+        "probabilities": tf.float32 [batch, K],   # one per class, in labels.txt order
+        "label": tf.string [batch],               # the predicted class's name
+        "positive_probability": tf.float32 [batch],   # two classes only: P(class 1)
+    }
+
+and ``assets.extra/labels.txt``, the class names one a line (id = line number
+- 1), where TF Serving expects extra files and ignores them.
 
 That is the layout TensorFlow Serving and Vertex AI load as it is (the
 highest version is served), and the one-input signature is what TF Serving's
 REST API fills from ``{"instances": ["A wonderful film.", "Dull."]}``: one
-review per instance, one probability per review.
+review per instance, one prediction per review.
 
 Inside it run the adapted ``TextVectorization`` (the same ``data.standardize``
 and vocabulary as training), the same truncation and padding as training
@@ -24,6 +31,7 @@ Serving, ``saved_model_cli run``, or ``python -m trainer.predict``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -35,16 +43,19 @@ from absl import logging
 from trainer import data, model
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.task import BINARY_CLASS_NAMES, POSITIVE_KEY, PROBABILITIES_KEY, Task
 
 EXPORT_DIR = "export"
 SIGNATURE = "serving_default"
 INPUT_KEY = "reviews"
-OUTPUT_KEY = "positive_probability"
+OUTPUT_KEY = POSITIVE_KEY  # Two classes only; every export has PROBABILITIES_KEY and LABEL_KEY.
+LABELS_FILE = "labels.txt"  # The class names, one a line: in a run folder and in each export.
+EXTRA_DIR = "assets.extra"  # TF Serving's place for files beside the model.
 _SAVED_MODEL_FILE = "saved_model.pb"
 
 
-def save(config: Config, net: keras.Model,
-         vectorizer: keras.layers.TextVectorization | None) -> str | None:
+def save(config: Config, net: keras.Model, vectorizer: keras.layers.TextVectorization | None,
+         task: Task | None = None) -> str | None:
     """Writes the serving SavedModel to ``<model_dir>/export/<version>``; chief only.
 
     Args:
@@ -52,6 +63,7 @@ def save(config: Config, net: keras.Model,
       net: the trained model.
       vectorizer: the adapted TextVectorization; None for pre-tokenized data,
         which has no text to serve (then nothing is written).
+      task: the classes (their names are served); None: IMDB's two.
 
     Returns:
       The version folder written, e.g. ``runs/x/export/1``, or None when there
@@ -63,8 +75,9 @@ def save(config: Config, net: keras.Model,
                         "there is no vocabulary to serve reviews with; %s is skipped.",
                         config.data_source_resolved, export_root)
         return None
+    task = task or Task()
     path = f"{export_root}/{next_version(export_root)}"
-    serving_net = serving_model(config, net)
+    serving_net = serving_model(config, net, task)
     if not vectorizer.built:  # Adapted but never called; ExportArchive tracks built layers.
         vectorizer.build((None,))
     # Keras' ExportArchive, not tf.saved_model.save of a tf.Module holding the model: that
@@ -74,18 +87,26 @@ def save(config: Config, net: keras.Model,
     archive = keras.export.ExportArchive()
     archive.track(vectorizer)  # Its vocabulary table is not a variable: track it by hand.
     archive.track(serving_net)
-    archive.add_endpoint(SIGNATURE, _scorer(config, vectorizer, serving_net),
+    archive.add_endpoint(SIGNATURE, _scorer(config, vectorizer, serving_net, task),
                          input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
     # Written aside, then renamed into place: a crash mid-write leaves a dot-folder, which
     # neither TF Serving (integer names only) nor find() loads, never a half version.
     temporary = f"{export_root}/.{os.path.basename(path)}.tmp-{os.getpid()}"
     archive.write_out(temporary, verbose=False)
+    write_labels(f"{temporary}/{EXTRA_DIR}", task.class_names)
     tf.io.gfile.rename(temporary, path)
     logging.info("exported the serving SavedModel to %s", path)
     return path
 
 
-def serving_model(config: Config, net: keras.Model) -> keras.Model:
+def write_labels(folder: str, class_names: Sequence[str]) -> None:
+    """``<folder>/labels.txt``: one class name a line, id = line number - 1."""
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(f"{folder}/{LABELS_FILE}", "w") as f:
+        f.write("".join(f"{name}\n" for name in class_names))
+
+
+def serving_model(config: Config, net: keras.Model, task: Task | None = None) -> keras.Model:
     """A float32 copy of ``net`` whose LSTM is Keras' generic one, with ``net``'s weights.
 
     ``LeanLSTM`` traces TensorFlow's ``BlockLSTM`` on a CPU, and Keras' LSTM
@@ -96,14 +117,14 @@ def serving_model(config: Config, net: keras.Model) -> keras.Model:
     either way.
     """
     with _dtype_policy("float32"):
-        copy = model.build(config.replace(lean_lstm=False), use_cudnn=False)
+        copy = model.build(config.replace(lean_lstm=False), use_cudnn=False, task=task)
     copy.set_weights(net.get_weights())
     return copy
 
 
-def _scorer(config: Config, vectorizer: keras.layers.TextVectorization,
-            net: keras.Model) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
-    """The serving function: raw review strings ``[batch]`` -> ``{OUTPUT_KEY: [batch]}``."""
+def _scorer(config: Config, vectorizer: keras.layers.TextVectorization, net: keras.Model,
+            task: Task) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The serving function: raw review strings ``[batch]`` -> ``task.serving_outputs``."""
 
     def score(reviews: tf.Tensor) -> dict[str, tf.Tensor]:
         # The steps of data.encode then data.batches, on a whole batch of strings.
@@ -115,8 +136,7 @@ def _scorer(config: Config, vectorizer: keras.layers.TextVectorization,
             padded = tf.pad(padded, [[0, 0], [0, tf.maximum(1 - tf.shape(padded)[1], 0)]])
         else:
             padded = data.pad(ids, config, width=config.max_len)  # Pads are inputs too.
-        probabilities = net(tf.cast(padded, tf.int32), training=False)
-        return {OUTPUT_KEY: tf.cast(probabilities[:, 0], tf.float32)}
+        return task.serving_outputs(net(tf.cast(padded, tf.int32), training=False))
 
     return score
 
@@ -172,14 +192,36 @@ def find(path: str) -> str:
                     f"trainer.main --model_dir={path}, or point at an export folder.")
 
 
-def load(path: str) -> Callable[[Sequence[str]], np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A loaded export: its class names and a function scoring review texts.
+
+    Attributes:
+      class_names: from the export's ``labels.txt``; exports written before
+        labels have two, ``("negative", "positive")``.
+      probabilities: review texts -> ``[reviews, K]`` float32 probabilities,
+        in ``class_names`` order.
+    """
+
+    class_names: tuple[str, ...]
+    probabilities: Callable[[Sequence[str]], np.ndarray]
+
+    def positive_probability(self, reviews: Sequence[str]) -> np.ndarray:
+        """P(class 1) of each review; two-class exports only."""
+        if len(self.class_names) != 2:
+            raise UserError(f"the export has {len(self.class_names)} classes, not two; ask for "
+                            "every class's probabilities instead.")
+        return self.probabilities(reviews)[:, 1]
+
+
+def load(path: str) -> Classifier:
     """Loads the serving signature from a run folder, an export folder or a version folder.
 
     Args:
       path: see ``find``.
 
     Returns:
-      A function from review texts to their P(positive), float32 numbers in [0, 1].
+      Its class names and a function from review texts to class probabilities.
 
     Raises:
       UserError: nothing loadable there.
@@ -192,9 +234,21 @@ def load(path: str) -> Callable[[Sequence[str]], np.ndarray]:
         raise UserError(f"{export_dir} is not a readable SavedModel ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:200] if str(error) else ''}); export "
                         "it again by re-running training.") from None
+    class_names = read_labels(f"{export_dir}/{EXTRA_DIR}/{LABELS_FILE}")
 
-    def score(reviews: Sequence[str]) -> np.ndarray:
+    def probabilities(reviews: Sequence[str]) -> np.ndarray:
         outputs = signature(**{INPUT_KEY: tf.constant(list(reviews), tf.string)})
-        return outputs[OUTPUT_KEY].numpy()
+        if PROBABILITIES_KEY in outputs:
+            return outputs[PROBABILITIES_KEY].numpy()
+        positive = outputs[POSITIVE_KEY].numpy()  # An export from before class names.
+        return np.stack([1.0 - positive, positive], axis=1)
 
-    return score
+    return Classifier(class_names, probabilities)
+
+
+def read_labels(path: str) -> tuple[str, ...]:
+    """The class names of a ``labels.txt``; IMDB's two where there is none (older exports)."""
+    if not tf.io.gfile.exists(path):
+        return BINARY_CLASS_NAMES
+    with tf.io.gfile.GFile(path) as f:
+        return tuple(line.rstrip("\r\n") for line in f.read().splitlines() if line.strip())

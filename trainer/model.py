@@ -1,4 +1,8 @@
-"""The article's model, its optimizer, and whether its LSTM can run on cuDNN."""
+"""The article's model, its optimizer, and whether its LSTM can run on cuDNN.
+
+The output head is the task's (``trainer.task.Task.head``): the article's
+``Dense(1, sigmoid)`` for two classes, ``Dense(K, softmax)`` for more.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import tensorflow as tf
 
 from trainer.config import Config
 from trainer.lstm import LeanLSTM
+from trainer.task import Task
 
 LSTM_LAYER_NAME = "lstm"
 
 
-def build(config: Config, use_cudnn: bool | str = "auto") -> keras.Model:
-    """``Embedding(vocab_size, 32) -> LSTM(100) -> Dense(1, sigmoid)``: 373,301 parameters.
+def build(config: Config, use_cudnn: bool | str = "auto", task: Task | None = None) -> keras.Model:
+    """``Embedding(vocab_size, 32) -> LSTM(100) -> task's head``: 373,301 parameters for 2 classes.
 
     Call inside ``strategy.scope()`` with the dtype policy already set. The
     input length is left open (None) so that length-bucketed batches of any
@@ -26,9 +31,11 @@ def build(config: Config, use_cudnn: bool | str = "auto") -> keras.Model:
       use_cudnn: Keras' LSTM setting: "auto" runs cuDNN when a GPU is present;
         False always traces the generic recurrence, which runs on any device
         (``trainer.export`` builds the serving copy so).
+      task: the classes, whose head ends the model; None: IMDB's two.
 
     Returns:
-      An unbuilt-optimizer Keras model whose output is P(positive), float32.
+      A Keras model whose float32 output is P(class 1) ``[batch, 1]`` for two
+      classes, else the classes' probabilities ``[batch, K]``.
     """
     return keras.Sequential(
         [
@@ -40,8 +47,8 @@ def build(config: Config, use_cudnn: bool | str = "auto") -> keras.Model:
             # LeanLSTM's fused CPU op needs the same settings (LeanLSTM.runs_lean).
             (LeanLSTM if config.lean_lstm else keras.layers.LSTM)(
                 config.lstm_units, use_cudnn=use_cudnn, name=LSTM_LAYER_NAME),
-            # Under mixed precision the sigmoid and the loss must stay float32.
-            keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="positive"),
+            # Under mixed precision the sigmoid (softmax) and the loss must stay float32.
+            (task or Task()).head(),
         ],
         name="imdb_lstm",
     )
@@ -51,7 +58,7 @@ def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
     """Adam at ``learning_rate``, keeping the weights' moving average if ``ema_momentum``.
 
     Wrapped in loss scaling under mixed_float16. Call inside ``strategy.scope()``
-    after the dtype policy is set. ``trainer.loop.Loop.averaged_weights`` puts
+    after the dtype policy is set. ``trainer.steps.Steps.averaged_weights`` puts
     the average in the model.
     """
     optimizer = keras.optimizers.Adam(

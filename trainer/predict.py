@@ -6,10 +6,17 @@ Commands people type::
     cat reviews.txt | python -m trainer.predict --model_dir=runs/smoke    # one review a line
     python -m trainer.predict --model_dir=gs://bucket/run/export "Loved it."
 
-Each review gives one line, in input order: P(positive), the label, and the
-review's first words::
+Each review gives one line, in input order: the probability, the label, and
+the review's first words. For a two-class run the probability is P(class 1)
+(IMDB: P(positive)) and the label class 1's name above ``--threshold``, else
+class 0's::
 
     0.9731  positive  "A wonderful film."
+
+With more classes it is the most probable class and its probability. ``--all``
+adds every class's probability, in labels.txt order, before the words::
+
+    0.9731  positive  negative=0.0269  positive=0.9731  "A wonderful film."
 
 Reviews are scored ``--batch_size`` at a time and stdin is read as it comes, so
 memory stays flat however many reviews are piped in, and each batch's lines are
@@ -31,6 +38,7 @@ from typing import BinaryIO
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
+import numpy as np
 from absl import app, flags
 
 from trainer import export
@@ -54,8 +62,12 @@ def define_flags() -> None:
         "an export folder, or one version folder. Local or gs://.")
     flags.DEFINE_float(
         "threshold", 0.5,
-        "Probability above which a review is labeled positive (training's accuracy uses 0.5).",
-        lower_bound=0.0, upper_bound=1.0)
+        "Two-class runs: the probability of class 1 (IMDB: positive) above which a review "
+        "gets its label (training's accuracy uses 0.5). Runs with more classes label each "
+        "review with its most probable class.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_bool(
+        "all", False,
+        "Also print every class's probability (name=probability, in labels.txt order).")
     flags.DEFINE_integer(
         "batch_size", 64,
         "Reviews scored at a time. Memory grows with it, not with the number of reviews; "
@@ -65,12 +77,14 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Reads reviews from the arguments (or stdin), scores them, prints one line each."""
     try:
-        score = export.load(FLAGS.model_dir)  # First: a wrong folder is the likelier mistake.
+        # First: a wrong folder is the likelier mistake.
+        classifier = export.load(FLAGS.model_dir)
         reviews = read_reviews(argv[1:], sys.stdin.buffer)
         scored = 0
         for batch in batched(reviews, FLAGS.batch_size):
-            for review, probability in zip(batch, score(batch), strict=True):
-                print(format_line(review, float(probability), FLAGS.threshold))
+            for review, probabilities in zip(batch, classifier.probabilities(batch), strict=True):
+                print(format_prediction(review, probabilities, classifier.class_names,
+                                        threshold=FLAGS.threshold, every_class=FLAGS.all))
             sys.stdout.flush()  # A batch's lines as soon as it is scored, also into a pipe.
             scored += len(batch)
         if not scored:
@@ -116,16 +130,44 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def format_prediction(review: str, probabilities: Sequence[float],
+                      class_names: Sequence[str], *, threshold: float = 0.5,
+                      every_class: bool = False) -> str:
+    """One review's line: ``<probability>  <label>  [name=p ...]  "<first words>"``.
+
+    Two classes: P(class 1), and class 1's name if it is above ``threshold``,
+    else class 0's. More: the most probable class and its probability.
+
+    Examples:
+      ``format_prediction("Dull.", [0.9688, 0.0312], ("negative", "positive"))``
+      -> ``0.0312  negative  "Dull."``.
+    """
+    if len(class_names) == 2:
+        probability = float(probabilities[1])
+        label = class_names[1] if probability > threshold else class_names[0]
+    else:
+        best = int(np.argmax(probabilities))
+        probability, label = float(probabilities[best]), class_names[best]
+    every = "".join(f"{name}={float(p):.4f}  "
+                    for name, p in zip(class_names, probabilities, strict=True))
+    return f"{probability:.4f}  {label}  {every if every_class else ''}{_preview(review)}"
+
+
 def format_line(review: str, probability: float, threshold: float) -> str:
-    """``0.9731  positive  "A wonderful film, the acting ..."``.
+    """A two-class IMDB line from P(positive): ``0.9731  positive  "A wonderful film."``.
 
     Examples:
       ``format_line("Dull.", 0.0312, 0.5)`` -> ``0.0312  negative  "Dull."``.
     """
-    label = "positive" if probability > threshold else "negative"
+    return format_prediction(review, [1.0 - probability, probability], ("negative", "positive"),
+                             threshold=threshold)
+
+
+def _preview(review: str) -> str:
+    """The review's first PREVIEW_WORDS words, quoted."""
     words = review.split()
     preview = " ".join(words[:PREVIEW_WORDS]) + (" ..." if len(words) > PREVIEW_WORDS else "")
-    return f'{probability:.4f}  {label}  "{preview}"'
+    return f'"{preview}"'
 
 
 def run() -> None:

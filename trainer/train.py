@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -22,13 +23,15 @@ from trainer import checkpoints, data, distribute, export, loop, model, rundir, 
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.preemption import DONE, EVALUATING, SIGNALS, STARTING, WRITING
+from trainer.task import Task, per_class_scalars, report
 
 METRICS_FILE = "metrics.json"
 VOCAB_FILE = "vocab.txt"
 MODEL_FILE = "model.keras"
+LABELS_FILE = export.LABELS_FILE  # The class names, one a line: id = line number - 1.
 # What --overwrite removes, metrics.json (the "done" mark) first.
-_OUTPUTS = (METRICS_FILE, rundir.MANIFEST_FILE, VOCAB_FILE, MODEL_FILE, summaries.CURVES_FILE,
-            export.EXPORT_DIR)
+_OUTPUTS = (METRICS_FILE, rundir.MANIFEST_FILE, VOCAB_FILE, LABELS_FILE, MODEL_FILE,
+            summaries.CURVES_FILE, export.EXPORT_DIR)
 
 
 def train_and_evaluate(config: Config) -> dict[str, Any]:
@@ -97,7 +100,8 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     logging.info("strategy %s with %d replica(s); precision %s; model_dir %s",
                  distribute.strategy_name(strategy), replicas, precision, config.model_dir)
 
-    splits, vectorizer, datasets = _read_data(config)
+    splits, vectorizer, datasets, test_batches = _read_data(config)
+    classes = Task(getattr(splits, "class_names", ("negative", "positive")))
     SIGNALS.pause_point("data read")
     state = {**early_state, **_fingerprints(splits, vectorizer)}
     start_over = _starts_over(config, manifest, finished is not None, state)
@@ -110,9 +114,10 @@ def _run(config: Config, start: float) -> dict[str, Any]:
         raise manifest.refuse(changed, config.model_dir)
 
     with strategy.scope():
-        net = model.build(config)
+        net = model.build(config, task=classes)
         optimizer = model.make_optimizer(config)
-    trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size)
+    trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size, task=classes)
+    plan = trainer.plan(datasets.train_examples)
     _log_model(net, config)
     checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
     try:
@@ -124,24 +129,28 @@ def _run(config: Config, start: float) -> dict[str, Any]:
             manifest.record_attempt(config, state, new_run=latest is None,
                                     by_overwrite=config.overwrite, resumed_from=latest)
         reporter = summaries.Summaries(config, chief, net, optimizer,
-                                       steps_per_call=trainer.steps_per_call)
+                                       steps_per_call=plan.steps_per_call)
         try:
             with distribute.lost_workers_stop(strategy, config.checkpoint_dir):
-                fit = trainer.fit(datasets, reporter, manager, best_manager)
+                fit = trainer.fit(datasets, plan, reporter, manager, best_manager)
                 SIGNALS.enter(EVALUATING)
                 logging.info("evaluating the kept weights on %d test reviews", len(splits.test))
-                test = trainer.evaluate(datasets.test, "test")
+                tally = trainer.tally(test_batches)
+            test = tally.metrics("test")
             # The HParams table's result columns, beside the flags written at the start.
-            reporter.scalars(fit.train_steps, test)
+            reporter.scalars(fit.train_steps,
+                             {**test, **per_class_scalars(tally, classes.class_names, "test")})
         finally:
             reporter.close()
     finally:
         distribute.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
     logging.info("test | %s", summaries.format_metrics(test))
     metrics = _metrics(config, strategy, net, precision, splits, fit, test, start)
+    metrics.update(num_classes=classes.num_classes, class_names=list(classes.class_names),
+                   test_macro_f1=test["test/macro_f1"], **report(tally, classes.class_names))
     SIGNALS.enter(WRITING)
     if chief:
-        write_outputs(config, net, vectorizer, metrics)
+        write_outputs(config, net, vectorizer, metrics, classes)
     SIGNALS.enter(DONE)
     return metrics
 
@@ -157,8 +166,13 @@ def _chief_task() -> bool:
 
 
 def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorization | None,
-                                        loop.Datasets]:
-    """Reads the splits, adapts the vocabulary on the training split, encodes them all."""
+                                        loop.Datasets, tf.data.Dataset]:
+    """Reads the splits, adapts the vocabulary on the training split, encodes them all.
+
+    Returns:
+      The splits, the vocabulary (None for token ids), what the loop trains and
+      validates on, and the test batches.
+    """
     splits = data.load(config)
     logging.info("data: %d train, %d validation, %d test reviews from %s", len(splits.train),
                  len(splits.validation), len(splits.test), splits.source)
@@ -170,13 +184,33 @@ def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorizat
         logging.info("building the %d-token vocabulary from %d training reviews",
                      config.vocab_size, len(splits.train))
         vectorizer = data.make_vectorizer(splits.train, config)
-    datasets = loop.Datasets(
-        train=data.encode(splits.train, vectorizer, config),
-        validation=data.encode(splits.validation, vectorizer, config) if len(
-            splits.validation) else None,
-        test=data.encode(splits.test, vectorizer, config),
-        global_batch_size=config.batch_size)
-    return splits, vectorizer, datasets
+    train = data.encode(splits.train, vectorizer, config)
+    evaluation = ({loop.VALIDATION: evaluation_batches(
+        data.encode(splits.validation, vectorizer, config), config)}
+        if len(splits.validation) else {})
+    datasets = loop.Datasets(train=epoch_batches(train, config), train_examples=len(train),
+                             evaluation=evaluation, global_batch_size=config.batch_size)
+    test = evaluation_batches(data.encode(splits.test, vectorizer, config), config)
+    return splits, vectorizer, datasets, test
+
+
+def epoch_batches(train: data.Encoded, config: Config) -> Callable[[int], tf.data.Dataset]:
+    """``epoch -> that epoch's training batches``: whole global batches, in a seeded order.
+
+    The one place the shuffle seed is made: from ``--seed`` and the epoch, so a
+    resumed epoch replays the same order (and the loop skips what it did).
+    """
+
+    def batches(epoch: int) -> tf.data.Dataset:
+        return data.batches(train, config, global_batch_size=config.batch_size,
+                            shuffle_seed=config.seed * 1000 + epoch, drop_remainder=True)
+
+    return batches
+
+
+def evaluation_batches(encoded: data.Encoded, config: Config) -> tf.data.Dataset:
+    """Every example of ``encoded``, in order, the last batch partial."""
+    return data.batches(encoded, config, global_batch_size=config.batch_size)
 
 
 def _fingerprints(splits: data.Splits,
@@ -311,27 +345,31 @@ def resolve_precision(config: Config) -> str:
 
 def write_outputs(config: Config, net: keras.Model,
                   vectorizer: keras.layers.TextVectorization | None,
-                  metrics: dict[str, Any]) -> None:
+                  metrics: dict[str, Any], classes: Task | None = None) -> None:
     """Writes what a finished run leaves for people and programs; chief only.
 
-    The vocabulary, the .keras model (token ids in), the serving SavedModel
-    (raw reviews in), the training curves picture and, last, metrics.json
-    (the "done" mark). Each file is written under a temporary name and renamed,
-    so a kill at any moment leaves no half-written file under its real name.
+    The vocabulary, the class names (labels.txt), the .keras model (token ids
+    in), the serving SavedModel (raw reviews in), the training curves picture
+    and, last, metrics.json (the "done" mark). Each file is written under a
+    temporary name and renamed, so a kill at any moment leaves no half-written
+    file under its real name.
     """
     model_dir = config.model_dir
     if vectorizer is not None:
         rundir.write_atomically(f"{model_dir}/{VOCAB_FILE}",
                                 lambda f: f.write("\n".join(vectorizer.get_vocabulary()) + "\n"))
+    classes = classes or Task()
+    rundir.write_atomically(f"{model_dir}/{LABELS_FILE}",
+                            lambda f: f.write("".join(f"{name}\n" for name in classes.class_names)))
     temporary = f"{model_dir}/.{MODEL_FILE}.tmp-{os.getpid()}.keras"  # Keras wants .keras.
     net.save(temporary)
     tf.io.gfile.rename(temporary, f"{model_dir}/{MODEL_FILE}", overwrite=True)
-    export_path = export.save(config, net, vectorizer)
+    export_path = export.save(config, net, vectorizer, classes)
     if export_path:
         metrics["export_path"] = export_path
     curves = f"{model_dir}/.{summaries.CURVES_FILE}.tmp-{os.getpid()}.png"
     summaries.write_training_curves(metrics["history"], curves)
     tf.io.gfile.rename(curves, f"{model_dir}/{summaries.CURVES_FILE}", overwrite=True)
     rundir.write_json(f"{model_dir}/{METRICS_FILE}", metrics)
-    logging.info("wrote %s, %s, %s, %s/ and %s to %s", VOCAB_FILE, MODEL_FILE,
+    logging.info("wrote %s, %s, %s, %s, %s/ and %s to %s", VOCAB_FILE, LABELS_FILE, MODEL_FILE,
                  summaries.CURVES_FILE, export.EXPORT_DIR, METRICS_FILE, model_dir)
