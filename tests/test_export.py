@@ -22,6 +22,7 @@ from trainer import data, export, model
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.lstm import LeanLSTM
+from trainer.task import Task
 
 SAVED_MODEL_CLI = str(Path(sys.executable).parent / "saved_model_cli")
 # The serving host of the issue: a CPU only, whatever trained the model.
@@ -97,7 +98,7 @@ def test_export_scores_raw_text_exactly_as_training_does(tmp_path, padding, buck
     config, vectorizer, net = tiny_run(tmp_path, padding=padding,
                                        bucket_by_length=bucket_by_length)
     assert export.save(config, net, vectorizer) == f"{config.model_dir}/{export.EXPORT_DIR}/1"
-    score = export.load(config.model_dir)
+    score = export.load(config.model_dir).positive_probability
     probabilities = training_probabilities(config, vectorizer, net)
     np.testing.assert_allclose(score(REVIEWS), probabilities, atol=1e-6)
     # Alone, each in a batch of its own width (the empty review: one masked step).
@@ -114,6 +115,13 @@ def test_signature_takes_a_batch_of_strings_and_returns_probabilities(tmp_path):
     probabilities = serve(reviews=tf.constant(REVIEWS))["positive_probability"]
     assert probabilities.shape == [len(REVIEWS)] and probabilities.dtype == tf.float32
     assert np.all((probabilities.numpy() >= 0) & (probabilities.numpy() <= 1))
+    # Every export also gives the classes' probabilities and the predicted class's name.
+    outputs = serve(reviews=tf.constant(REVIEWS))
+    both = outputs["probabilities"].numpy()
+    np.testing.assert_allclose(both, np.stack([1 - probabilities, probabilities], 1), atol=1e-6)
+    assert [label.decode() for label in outputs["label"].numpy()] == [
+        "positive" if p > 0.5 else "negative" for p in probabilities.numpy()]
+    assert export.load(config.model_dir).class_names == ("negative", "positive")
 
 
 def test_saved_graph_holds_no_device_only_lstm_op(tmp_path):
@@ -146,12 +154,12 @@ def test_exports_are_numbered_and_the_highest_is_loaded(tmp_path):
     assert export.save(config, net, vectorizer) == f"{root}/1"
     net.get_layer("positive").bias.assign([3.0])  # A different model, told apart by its output.
     assert export.save(config, net, vectorizer) == f"{root}/2"
-    second = export.load(f"{root}/2")(REVIEWS)
-    assert not np.allclose(second, export.load(f"{root}/1")(REVIEWS))
+    second = export.load(f"{root}/2").positive_probability(REVIEWS)
+    assert not np.allclose(second, export.load(f"{root}/1").positive_probability(REVIEWS))
     assert sorted(os.listdir(root)) == ["1", "2"]  # Nothing left of the writing.
     for path in (config.model_dir, root, f"{root}/"):
         assert export.find(path) == f"{root}/2"
-        np.testing.assert_array_equal(export.load(path)(REVIEWS), second)
+        np.testing.assert_array_equal(export.load(path).positive_probability(REVIEWS), second)
     # What a crash mid-export leaves: neither is loaded, and the next number stays unique.
     Path(root, ".3.tmp-99").mkdir()
     Path(root, ".3.tmp-99", "saved_model.pb").write_bytes(b"half written")
@@ -166,7 +174,8 @@ def test_runs_exported_before_versions_still_load(tmp_path, tiny_export):
     shutil.copytree(version_dir, run / "export")  # The old layout: export/saved_model.pb.
     for path in (run, run / "export"):
         assert export.find(str(path)) == str(run / "export")
-        np.testing.assert_allclose(export.load(str(path))(REVIEWS), probabilities, atol=1e-6)
+        np.testing.assert_allclose(export.load(str(path)).positive_probability(REVIEWS),
+                                   probabilities, atol=1e-6)
 
 
 def test_saved_model_cli_shows_the_signature(tiny_export):
@@ -191,7 +200,9 @@ def test_saved_model_cli_runs_raw_strings_like_tf_serving_loads(tiny_export):
          "--signature_def", "serving_default", "--input_exprs", f"reviews={reviews!r}"],
         capture_output=True, text=True, timeout=120, env=CPU_ONLY)
     assert process.returncode == 0, process.stderr[-3000:]
+    # Each output key is printed in a block of its own; take this one's.
     printed = process.stdout.split("Result for output key positive_probability:")[1]
+    printed = printed.split("Result for output key")[0]
     numbers = re.findall(r"\d+\.\d*(?:e[-+]?\d+)?", printed)  # numpy's print of the array.
     np.testing.assert_allclose(np.array(numbers, dtype=np.float32), probabilities[sent],
                                atol=1e-6)
@@ -261,3 +272,58 @@ def test_run_keeps_the_keras_model_beside_the_export(small_run):
     net = keras.saving.load_model(str(small_run / "model.keras"))
     assert net.count_params() == json.loads((small_run / "metrics.json").read_text())[
         "num_params"]
+
+
+THREE = Task(("world", "sports", "business"))
+
+
+@pytest.fixture(scope="module")
+def three_class_export(tmp_path_factory) -> tuple[str, np.ndarray]:
+    """A tiny 3-class export and the model's own probabilities of REVIEWS, [5, 3]."""
+    config = Config(vocab_size=20, max_len=8, embedding_dim=4, lstm_units=3,
+                    model_dir=str(tmp_path_factory.mktemp("three") / "run"))
+    train = data.Split(np.array(REVIEWS * 3, dtype=object), np.arange(15, dtype=np.int32) % 3)
+    keras.utils.set_random_seed(0)
+    vectorizer = data.make_vectorizer(train, config)
+    net = model.build(config, task=THREE)
+    net.get_layer("probabilities").bias.assign([0.0, 0.3, -0.3])  # Unequal classes.
+    split = data.Split(np.array(REVIEWS, dtype=object), np.arange(len(REVIEWS), dtype=np.int32))
+    probabilities = np.zeros((len(REVIEWS), 3), np.float32)
+    for ids, index in data.batches(data.encode(split, vectorizer, config), config,
+                                   global_batch_size=2):
+        probabilities[index.numpy()] = net(ids, training=False).numpy()
+    return export.save(config, net, vectorizer, THREE), probabilities
+
+
+def test_three_class_export_serves_probabilities_and_class_names(three_class_export):
+    version_dir, probabilities = three_class_export
+    assert Path(version_dir, "assets.extra", "labels.txt").read_text() == (
+        "world\nsports\nbusiness\n")
+    classifier = export.load(version_dir)
+    assert classifier.class_names == THREE.class_names
+    np.testing.assert_allclose(classifier.probabilities(REVIEWS), probabilities, atol=1e-6)
+    outputs = tf.saved_model.load(version_dir).signatures["serving_default"](
+        reviews=tf.constant(REVIEWS))
+    assert "positive_probability" not in outputs
+    assert [label.decode() for label in outputs["label"].numpy()] == [
+        THREE.class_names[i] for i in probabilities.argmax(axis=1)]
+    with pytest.raises(UserError, match="3 classes, not two"):
+        classifier.positive_probability(REVIEWS)
+
+
+def test_saved_model_cli_runs_a_three_class_export(three_class_export):
+    version_dir, probabilities = three_class_export
+    reviews = REVIEWS[1:]  # --input_exprs splits at ";", which the first review holds.
+    process = subprocess.run(
+        [SAVED_MODEL_CLI, "run", "--dir", version_dir, "--tag_set", "serve",
+         "--signature_def", "serving_default", "--input_exprs", f"reviews={reviews!r}"],
+        capture_output=True, text=True, timeout=120, env=CPU_ONLY)
+    assert process.returncode == 0, process.stderr[-3000:]
+    printed = process.stdout.split("Result for output key ")
+    by_key = {part.split(":", 1)[0]: part.split(":", 1)[1] for part in printed[1:]}
+    assert set(by_key) == {"label", "probabilities"}
+    numbers = re.findall(r"\d+\.\d*(?:e[-+]?\d+)?", by_key["probabilities"])
+    np.testing.assert_allclose(np.array(numbers, np.float32).reshape(-1, 3), probabilities[1:],
+                               atol=1e-6)
+    assert re.findall(r"b'(\w+)'", by_key["label"]) == [
+        THREE.class_names[i] for i in probabilities[1:].argmax(axis=1)]
