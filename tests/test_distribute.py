@@ -1,4 +1,4 @@
-"""trainer/distribute.py: TF_CONFIG checks, --require_gpu, and who writes."""
+"""trainer/distribute.py and cluster.py: TF_CONFIG checks, --require_gpu, the Runtime, chief."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO, trainer_env
-from trainer import distribute
+from trainer import cluster, distribute
 from trainer.config import Config
-from trainer.errors import UserError
+from trainer.errors import ClusterError, UserError
 
 GOOD = {"cluster": {"worker": ["localhost:1111", "localhost:2222"]},
         "task": {"type": "worker", "index": 1}}
@@ -44,15 +44,15 @@ GOOD = {"cluster": {"worker": ["localhost:1111", "localhost:2222"]},
 ])
 def test_malformed_tf_config_says_what_is_wrong(raw, message):
     with pytest.raises(UserError, match=message) as error:
-        distribute.parse_tf_config(raw)
+        cluster.parse_tf_config(raw)
     assert str(error.value).startswith("TF_CONFIG")
     assert "\n" not in str(error.value)
 
 
 def test_valid_tf_config_and_none():
-    assert distribute.parse_tf_config(json.dumps(GOOD)) == GOOD
-    assert distribute.parse_tf_config("") is None
-    assert distribute.parse_tf_config(None) is None
+    assert cluster.parse_tf_config(json.dumps(GOOD)) == GOOD
+    assert cluster.parse_tf_config("") is None
+    assert cluster.parse_tf_config(None) is None
 
 
 def test_vertex_ai_tf_config_with_a_chief_and_extra_keys_is_accepted():
@@ -64,7 +64,7 @@ def test_vertex_ai_tf_config_with_a_chief_and_extra_keys_is_accepted():
               "task": {"type": "chief", "index": 0, "trial": ""},
               "job": {"worker_pool_specs": [{"machine_spec": {"machine_type": "n1-standard-4"},
                                              "replica_count": 1}]}}
-    assert distribute.parse_tf_config(json.dumps(vertex)) == vertex
+    assert cluster.parse_tf_config(json.dumps(vertex)) == vertex
     assert distribute.choose(Config(), vertex, num_gpus=0) == "multi_worker"
 
 
@@ -75,7 +75,7 @@ def test_moved_private_tensorflow_modules_are_one_line(monkeypatch):
     monkeypatch.delattr(protobuf, "coordination_config_pb2")
     monkeypatch.setitem(sys.modules, f"{protobuf.__name__}.coordination_config_pb2", None)
     with pytest.raises(UserError, match=r"^TF_CONFIG: multi-worker training needs") as error:
-        distribute._configure_coordination(GOOD, 10)
+        cluster.configure_coordination(GOOD, 10)
     assert "\n" not in str(error.value)
 
 
@@ -87,8 +87,8 @@ def test_a_taken_port_is_refused_naming_the_address():
         tf_config = {"cluster": {"worker": [address, "127.0.0.1:1"]},
                      "task": {"type": "worker", "index": 0}}
         with pytest.raises(UserError, match=f"^TF_CONFIG: worker 0's address {address} cannot"):
-            distribute.check_port_free(tf_config)
-    distribute.check_port_free(tf_config)  # Free again.
+            cluster.check_port_free(tf_config)
+    cluster.check_port_free(tf_config)  # Free again.
 
 
 def test_gpu_problems_name_what_tensorflow_sees_and_what_to_check():
@@ -149,9 +149,37 @@ def test_outside_a_cluster_this_process_is_chief_and_writes_in_place(tmp_path):
     import tensorflow as tf
 
     strategy = tf.distribute.get_strategy()
-    assert distribute.is_chief(strategy)
-    assert distribute.private_dir(str(tmp_path), strategy) == str(tmp_path)
+    assert cluster.is_chief(strategy)
+    assert cluster.private_dir(str(tmp_path), strategy) == str(tmp_path)
     assert distribute.strategy_name(strategy) == "default"
+
+
+def test_the_runtime_describes_this_cpu_machine_once():
+    runtime = distribute.make_runtime(Config())
+    assert (runtime.num_gpus, runtime.chief, runtime.precision, runtime.num_workers) == (
+        0, True, "float32", 1)
+    assert (runtime.strategy_name, runtime.num_replicas) == ("default", 1)
+
+
+def test_auto_precision_follows_the_gpus_an_explicit_one_is_kept():
+    assert distribute.resolve_precision(Config(), num_gpus=0) == "float32"
+    assert distribute.resolve_precision(Config(), num_gpus=2) == "mixed_float16"
+    assert distribute.resolve_precision(Config(precision="float32"), num_gpus=2) == "float32"
+
+
+def test_tf_config_read_before_tensorflow_starts_names_the_chief():
+    assert cluster.is_chief_task(None)
+    assert not cluster.is_chief_task(GOOD)  # Worker 1.
+    assert cluster.is_chief_task({**GOOD, "task": {"type": "worker", "index": 0}})
+    with_chief = {"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                  "task": {"type": "worker", "index": 0}}
+    assert not cluster.is_chief_task(with_chief)
+
+
+def test_the_old_names_stay_importable_from_distribute_for_the_transition():
+    for name in ("is_chief", "num_workers", "private_dir", "remove_private_dir",
+                 "lost_workers_stop", "parse_tf_config", "strategy_name", "make_strategy"):
+        assert callable(getattr(distribute, name)), name
 
 
 def test_a_lost_worker_is_named_in_one_readable_line():
@@ -168,11 +196,11 @@ Additional GRPC error information from remote target /job:worker/replica:0/task:
 :UNKNOWN:Error received from peer  {grpc_status:14}
 The error could be from a previous operation. Restart your program to reset.
 \t [[{{node while/cond_2/adam/CollectiveReduceV2}}]] [Op:__inference_train_steps_2307]"""
-    cluster = tf.distribute.cluster_resolver.SimpleClusterResolver(
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]}), "worker", 0)
-    strategy = type("FakeStrategy", (), {"cluster_resolver": cluster})()
-    with (pytest.raises(distribute.ClusterError) as error,
-          distribute.lost_workers_stop(strategy, "gs://bucket/run/checkpoints")):
+    strategy = type("FakeStrategy", (), {"cluster_resolver": resolver})()
+    with (pytest.raises(ClusterError) as error,
+          cluster.lost_workers_stop(strategy, "gs://bucket/run/checkpoints")):
         raise tf.errors.UnavailableError(None, None, message)
     assert str(error.value) == (
         "lost contact with another worker (Collective ops is aborted by: recvmsg:Connection "
@@ -180,7 +208,7 @@ The error could be from a previous operation. Restart your program to reset.
         "resume from the last checkpoint in gs://bucket/run/checkpoints.")
     # One process alone has no one to lose: its errors stay what they are.
     with (pytest.raises(tf.errors.UnavailableError),
-          distribute.lost_workers_stop(tf.distribute.get_strategy(), "ckpt")):
+          cluster.lost_workers_stop(tf.distribute.get_strategy(), "ckpt")):
         raise tf.errors.UnavailableError(None, None, message)
 
 

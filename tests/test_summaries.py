@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from pathlib import Path
 
 import keras
@@ -61,7 +62,7 @@ def test_hparams_summary_holds_the_runs_flags(small_run):
     hparams = start.session_start_info.hparams
     assert hparams["max_len"].number_value == 64
     assert hparams["padding"].string_value in ("pre", "post")
-    assert hparams["smoke_test"].bool_value is True
+    assert hparams["presets"].string_value == "smoke_test"  # The values are the resolved ones.
     assert event.step == 0
 
 
@@ -153,12 +154,12 @@ def test_run_ending_inside_the_window_stops_the_real_profiler_with_a_warning(tmp
 
 
 def tiny_reporter(tensorboard_dir: Path, is_chief: bool = True, steps_per_call: int | None = None,
-                  **changes: str | int) -> summaries.Summaries:
+                  total_steps: int | None = None, **changes: str | int) -> summaries.Summaries:
     """Summaries for a tiny model, as train.py makes them."""
     config = Config(tensorboard_dir=str(tensorboard_dir), vocab_size=30, embedding_dim=2,
                     lstm_units=2, **changes)
     return summaries.Summaries(config, is_chief, model.build(config), keras.optimizers.Adam(),
-                               steps_per_call=steps_per_call)
+                               steps_per_call=steps_per_call, total_steps=total_steps)
 
 
 def test_only_the_chief_writes_and_profiles(tmp_path):
@@ -213,3 +214,44 @@ def test_traced_training_calls_carry_step_markers_for_the_overview_page(tmp_path
     # One marked step per call in the window, named by the step count before the call.
     assert [row["c"][0]["v"] for row in step_table["rows"]] == ["train 2", "train 3", "train 4"]
     assert float(step_table["p"]["steptime_ms_average"]) > 0
+
+
+@pytest.mark.parametrize("seconds, text", [(4.4, "4s"), (65, "1m05s"), (3725, "1h02m")])
+def test_durations_read_at_a_glance(seconds, text):
+    assert summaries.format_duration(seconds) == text
+
+
+def test_progress_lines_show_elapsed_time_and_the_eta_of_the_run(tmp_path, caplog,
+                                                                  monkeypatch):
+    clock = iter([100.0, 110.0, 110.0, 130.0, 130.0])  # perf_counter at each call, in order.
+    reporter = tiny_reporter(tmp_path, total_steps=40)
+    monkeypatch.setattr(summaries, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    with caplog.at_level(logging.INFO):
+        with reporter.train_call(0):  # Training starts at step 0, at t=100.
+            pass
+        reporter.train_progress(10, 1, 10, 20, {"train/loss": 0.7})  # t=110: 1 s a step.
+        reporter.epoch_end(20, 1, {"train/loss": 0.6})  # t=130: 1.5 s a step, 20 left.
+    reporter.close()
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[-2].startswith("epoch 1/10 | step 10/20 | train/loss 0.7000")
+    assert lines[-2].endswith(" | elapsed 10s | eta 30s")
+    assert lines[-1].endswith(" | elapsed 30s | eta 30s")
+
+
+def test_without_total_steps_the_line_has_no_eta(tmp_path, caplog):
+    reporter = tiny_reporter(tmp_path)
+    with caplog.at_level(logging.INFO):
+        with reporter.train_call(0):
+            pass
+        reporter.train_progress(10, 1, 10, 20, {"train/loss": 0.7})
+    reporter.close()
+    assert " | elapsed " in caplog.text and "eta" not in caplog.text
+
+
+def test_early_stopping_says_which_epoch_is_kept(tmp_path, caplog):
+    reporter = tiny_reporter(tmp_path)
+    with caplog.at_level(logging.INFO):
+        reporter.early_stop(epoch=5, best_epoch=3, patience=2)
+    reporter.close()
+    assert ("early stopping after epoch 5: the validation loss has not improved for 2 epoch(s) "
+            "(--early_stopping_patience=2); keeping epoch 3's weights") in caplog.text
