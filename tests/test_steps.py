@@ -1,0 +1,83 @@
+"""trainer/steps.py and the loop's plan: named step results, steps counted once."""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import checkpoints, loop, model, steps
+from trainer.config import Config
+from trainer.task import Task
+
+
+def tiny(task: Task, **changes) -> tuple[Config, loop.Loop]:
+    config = Config(vocab_size=30, max_len=6, embedding_dim=4, lstm_units=3, batch_size=4,
+                    epochs=3, steps_per_loop=2, **changes)
+    tf.keras.utils.set_random_seed(0)
+    net = model.build(config, task=task)
+    return config, loop.Loop(config, tf.distribute.get_strategy(), net,
+                             model.make_optimizer(config), config.batch_size, task=task)
+
+
+def test_a_train_call_returns_named_sums_of_the_steps_it_ran():
+    task = Task(("a", "b", "c"))
+    _, trainer = tiny(task)
+    ids = np.random.default_rng(0).integers(1, 30, size=(12, 6)).astype(np.int32)
+    labels = (np.arange(12) % 3).astype(np.int32)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((ids, labels)).batch(4))
+    first = trainer.train_steps(iterator, 2)
+    assert isinstance(first, steps.TrainSums)
+    assert (int(first.steps), int(first.count)) == (2, 8)
+    assert 0 <= int(first.correct) <= 8 and float(first.loss_sum) > 0
+    assert first[3] == first.steps  # Still a tuple, for callers that index it.
+    rest = trainer.train_steps(iterator, 2)  # Only one batch was left.
+    assert (int(rest.steps), int(rest.count)) == (1, 4)
+    assert int(trainer.train_steps(iterator, 2).steps) == 0
+    assert trainer.step == 3
+
+
+def test_the_plan_counts_whole_batches_and_the_steps_per_call_the_loop_uses():
+    _, trainer = tiny(Task())
+    plan = trainer.plan(train_examples=19)
+    assert plan == loop.Plan(steps_per_epoch=4, total_steps=12, steps_per_call=2)
+    assert steps.steps_per_call(trainer.config, replicas=1) == 2
+    bucketed = trainer.config.replace(bucket_by_length=True, dense_embedding_gradient=False)
+    assert steps.steps_per_call(bucketed, replicas=2) == 1
+    trainer.config = bucketed
+    trainer.strategy = types.SimpleNamespace(num_replicas_in_sync=2)
+    assert trainer.plan(train_examples=19).steps_per_call == 1
+
+
+def test_fit_on_four_classes_learns_and_records_validation_macro_f1(tmp_path):
+    task = Task(("w", "x", "y", "z"))
+    config, trainer = tiny(task, learning_rate=0.05)
+    rng = np.random.default_rng(1)
+    labels = (np.arange(48) % 4).astype(np.int32)
+    # Class k's reviews use ids 5k+1 .. 5k+5: learnable.
+    ids = np.stack([rng.integers(5 * k + 1, 5 * k + 6, size=6) for k in labels]).astype(np.int32)
+    batches = tf.data.Dataset.from_tensor_slices((ids, labels))
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        return batches.shuffle(48, seed=epoch).batch(4, drop_remainder=True)
+
+    datasets = loop.Datasets(train=epoch_batches, train_examples=48,
+                             evaluation={"val": batches.batch(4)}, global_batch_size=4)
+    managers = checkpoints.make_managers(trainer.checkpoint, trainer.best_weights,
+                                         config.replace(epochs=6), str(tmp_path))
+    trainer.config = config.replace(epochs=6)
+
+    class Quiet:  # A loop.Reporter that says nothing.
+        def train_call(self, step):
+            return contextlib.nullcontext()
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    result = trainer.fit(datasets, trainer.plan(48), Quiet(), *managers)
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    assert all("val/macro_f1" in h for h in result.history)
+    assert result.history[-1]["val/macro_f1"] > result.history[0]["val/macro_f1"]
+    assert result.history[-1]["val/accuracy"] > 0.5
