@@ -133,10 +133,10 @@ def _over_seeds(per_seed: dict[int, dict], args: argparse.Namespace) -> dict:
     names = args.contenders.split(",")
     summary = {}
     for name in names:
-        histories = [race["contenders"][name]["history"] for race in per_seed.values()]
-        epochs = min(len(history) for history in histories)
         if any(name not in race["contenders"] for race in per_seed.values()):
             continue  # Skipped (PyTorch not installed).
+        histories = [race["contenders"][name]["history"] for race in per_seed.values()]
+        epochs = min(len(history) for history in histories)
         times = [race["contenders"][name]["seconds_to_target"] for race in per_seed.values()]
         summary[name] = {
             "mean_test_accuracy_by_epoch": {
