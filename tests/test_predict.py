@@ -194,3 +194,62 @@ def test_line_shows_probability_label_and_first_words():
     line = predict.format_line("one two three four five six seven eight nine", 0.97, 0.5)
     assert line == '0.9700  positive  "one two three four five six seven eight ..."'
     assert predict.format_line("Fine.", 0.6, threshold=0.7).split()[1] == "negative"
+
+
+def test_binary_lines_take_their_labels_from_the_class_names():
+    line = predict.format_prediction("Dull.", [0.9688, 0.0312], ("bad", "good"))
+    assert line == '0.0312  bad  "Dull."'
+    every = predict.format_prediction("Dull.", [0.9688, 0.0312], ("bad", "good"),
+                                      every_class=True)
+    assert every == '0.0312  bad  bad=0.9688  good=0.0312  "Dull."'
+
+
+def test_many_class_lines_name_the_most_probable_class():
+    names = ("world", "sports", "business")
+    assert predict.format_prediction("Goal!", [0.1, 0.7, 0.2], names) == '0.7000  sports  "Goal!"'
+    assert predict.format_prediction("Goal!", [0.1, 0.7, 0.2], names, every_class=True) == (
+        '0.7000  sports  world=0.1000  sports=0.7000  business=0.2000  "Goal!"')
+
+
+@pytest.fixture(scope="module")
+def three_class_export(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A tiny untrained 3-class export and its probabilities of two reviews."""
+    from trainer.task import Task
+
+    config = Config(model_dir=str(tmp_path_factory.mktemp("three") / "run"), vocab_size=20,
+                    max_len=8, embedding_dim=4, lstm_units=3)
+    reviews = np.array([POSITIVE, NEGATIVE] * 3, dtype=object)
+    train = data.Split(reviews, np.arange(len(reviews), dtype=np.int32) % 3)
+    keras.utils.set_random_seed(0)
+    net = model.build(config, task=Task(("world", "sports", "business")))
+    net.get_layer("probabilities").bias.assign([0.0, 0.5, -0.5])
+    export.save(config, net, data.make_vectorizer(train, config),
+                Task(("world", "sports", "business")))
+    return Path(config.model_dir), export.load(config.model_dir).probabilities(
+        [POSITIVE, NEGATIVE])
+
+
+def test_predict_all_prints_every_class_of_a_three_class_run(three_class_export):
+    run, probabilities = three_class_export
+    process = run_predict(f"--model_dir={run}", "--all", POSITIVE, NEGATIVE)
+    assert process.returncode == 0, process.stderr[-3000:]
+    names = ("world", "sports", "business")
+    for line, expected in zip(process.stdout.splitlines(), probabilities, strict=True):
+        fields = line.split("  ")
+        best = int(np.argmax(expected))
+        assert fields[1] == names[best]
+        assert float(fields[0]) == pytest.approx(expected[best], abs=1e-4)
+        assert fields[2:5] == [f"{name}={p:.4f}" for name, p in zip(names, expected,
+                                                                    strict=True)]
+        assert fields[5].startswith('"')
+    plain = run_predict(f"--model_dir={run}", POSITIVE)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert plain.stdout.split("  ")[1] in names and "=" not in plain.stdout.split('"')[0]
+
+
+def test_predict_all_on_a_binary_export_keeps_the_line_and_adds_both_classes(full_size_export):
+    process = run_predict(f"--model_dir={full_size_export}", "--all", "A fine film.")
+    assert process.returncode == 0, process.stderr[-3000:]
+    probability, label, negative, positive, words = process.stdout.strip().split("  ")
+    assert label in ("positive", "negative") and words == '"A fine film."'
+    assert negative.startswith("negative=") and positive == f"positive={probability}"
