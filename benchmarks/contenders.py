@@ -12,7 +12,7 @@ contender at a time, and collects the timings.
   "binary_crossentropy", ["accuracy"])``, ``model.fit(x, y, batch_size=64)``.
 - ``harness_article``: the harness's pipeline and loop under ``--article_settings``
   (pre-padding to 500, no mask, batch 64).
-- ``harness_fast``: the harness under ``--fast_settings`` (today's defaults: length
+- ``harness_fast``: the harness's defaults (length
   bucketing, right padding, mask, clipping, a dense embedding gradient, the
   weights' moving average, LeanLSTM)
   with ``--steps_per_loop=20``.
@@ -39,8 +39,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import torch_contender
-from trainer import data, distribute, flags, loop, model
-from trainer.config import Config
+from trainer import data, distribute, loop, model, train
+from trainer.config import PRESETS, Config
 
 # Training FLOPs of one LSTM timestep of one example: the forward pass is two matmuls,
 # [input + units] x [4 units], at 2 FLOPs per multiply-add; the backward pass costs about
@@ -171,9 +171,9 @@ def _padded_arrays(reviews: Reviews, split: data.Split,
             split.labels.astype(np.float32))
 
 
-# The harness's fastest settings: --fast_settings, and several steps per tf.function call
+# The harness's fastest settings: the defaults, and several steps per tf.function call
 # (which changes no result, only how often Python runs).
-FAST_CHANGES = {**flags.FAST_PRESET, "steps_per_loop": 20}
+FAST_CHANGES = {"steps_per_loop": 20}
 
 
 def harness_config(name: str, seed: int, **changes: object) -> Config:
@@ -182,7 +182,7 @@ def harness_config(name: str, seed: int, **changes: object) -> Config:
     Both train on every training review (no validation split, no early
     stopping), as the article's code does.
     """
-    preset = flags.ARTICLE_PRESET if name == "harness_article" else FAST_CHANGES
+    preset = PRESETS["article_settings"] if name == "harness_article" else FAST_CHANGES
     return Config(validation_split=0.0, early_stopping_patience=0, seed=seed,
                   **{**preset, **changes})
 
@@ -206,8 +206,7 @@ class Harness:
 
     def epoch_batches(self, epoch: int) -> tf.data.Dataset:
         """The batches ``Loop.fit`` trains on in ``epoch`` (same seed, same order)."""
-        return data.batches(self.train, self.config, global_batch_size=self.config.batch_size,
-                            shuffle_seed=self.config.seed * 1000 + epoch, drop_remainder=True)
+        return train.epoch_batches(self.train, self.config)(epoch)
 
     def warm_up(self) -> None:
         """Traces the train function, so rounds time training alone."""
@@ -274,7 +273,9 @@ class Harness:
     def test_accuracy(self) -> float:
         """Of the weights ``trainer.main`` would keep now: the moving average, if on."""
         with self.loop.averaged_weights():
-            return self.loop.evaluate(self.test, "test")["test/accuracy"]
+            batches = data.batches(self.test, self.config,
+                                   global_batch_size=self.config.batch_size)
+            return self.loop.evaluate(batches, "test")["test/accuracy"]
 
     def settings(self) -> dict:
         config = self.config

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data, flags, loop, model
+from trainer import config as config_lib
+from trainer import data, loop, model
 from trainer.config import Config
-from trainer.errors import UserError
 
 from .test_config import parse
 
@@ -173,7 +173,8 @@ def test_evaluating_batches_of_many_widths_traces_the_step_at_most_a_few_times(t
     encoded = encoded_split(list(range(1, 61)), config)
     strategy = tf.distribute.get_strategy()
     trainer = loop.Loop(config, strategy, model.build(config), model.make_optimizer(config), 4)
-    metrics = trainer.evaluate(encoded, "test")  # 15 batches, 15 different widths.
+    batches = data.batches(encoded, config, global_batch_size=4)  # 15 batches, 15 widths.
+    metrics = trainer.evaluate(batches, "test")
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
     assert trainer._eval_step.experimental_get_tracing_count() <= 3
 
@@ -197,18 +198,15 @@ def test_the_fast_settings_are_the_default_and_the_articles_one_flag_away(monkey
     assert (default.padding, default.bucket_by_length, default.uses_mask) == ("post", True, True)
     assert default.clip_norm == 0.25 and default.dense_embedding_gradient and default.lean_lstm
     assert default.ema_momentum == 0.99
-    assert parse("--fast_settings", "--model_dir=/tmp/x") == default.replace(fast_settings=True)
     article = parse("--article_settings", "--model_dir=/tmp/x")
     assert (article.padding, article.max_len, article.batch_size) == ("pre", 500, 64)
     assert not article.bucket_by_length and not article.uses_mask and article.clip_norm == 0
     assert not article.dense_embedding_gradient and not article.lean_lstm
     assert article.ema_momentum == 0
     assert parse("--article_settings", "--clip_norm=1", "--model_dir=/tmp/x").clip_norm == 1
-    assert parse("--fast_settings", "--padding=pre", "--model_dir=/tmp/x").padding == "pre"
-    both = parse("--fast_settings", "--smoke_test", "--model_dir=/tmp/x")
-    assert both.bucket_by_length and both.max_len == flags.SMOKE_TEST_PRESET["max_len"]
-    with pytest.raises(UserError, match="contradict"):
-        parse("--article_settings", "--fast_settings", "--model_dir=/tmp/x")
+    smoke = parse("--smoke_test", "--model_dir=/tmp/x")
+    assert smoke.bucket_by_length and smoke.max_len == config_lib.PRESETS["smoke_test"]["max_len"]
+    assert smoke.presets == ("smoke_test",)
 
 
 def test_the_mask_follows_from_the_settings_without_changing_them():

@@ -50,7 +50,7 @@ class Group:
                      f"--model_dir={model_dir}", *flags],
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
 
-    def wait_for(self, worker: int, text: str, timeout: float = 180) -> None:
+    def wait_for(self, worker: int, text: str, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.logs[worker].read_text():
             assert time.monotonic() < deadline, f"no {text!r}:\n{self.tail(worker)}"

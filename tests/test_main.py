@@ -84,7 +84,7 @@ def test_folder_without_the_aclimdb_layout(run_trainer, tmp_path):
     (tmp_path / "reviews").mkdir()
     process = run_trainer(f"--data_path={tmp_path / 'reviews'}",
                           f"--model_dir={tmp_path / 'run'}")
-    assert_one_line_error(process, "--data_path", "aclImdb layout")
+    assert_one_line_error(process, "--data_path", "has no class folders")
 
 
 def test_review_that_is_not_utf8(run_trainer, tmp_path):

@@ -110,8 +110,8 @@ def metrics(model_dir: Path) -> dict:
 def test_a_second_trainer_on_a_held_folder_stops_at_once_and_a_dead_holder_is_replaced(
         medium_aclimdb, tmp_path):
     model_dir = tmp_path / "run"
-    first = Trainer(*flags_for(medium_aclimdb, model_dir))
-    first.wait_for("epoch 1/2 | step 2/")
+    first = Trainer(*flags_for(medium_aclimdb, model_dir), pause_at="evaluating")
+    first.wait_for("paused at")  # It holds the folder until it is killed.
     second = run(*flags_for(medium_aclimdb, model_dir))
     assert_one_line(second, 2, "is in use by another run", f"pid {first.process.pid}")
     assert "data:" not in second.stderr  # Refused before reading anything.

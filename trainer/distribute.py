@@ -17,7 +17,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from trainer import cluster
+from trainer import cluster, lstm
 
 # Transition: the cluster's names, importable from here as before the split. New code
 # imports trainer.cluster.
@@ -196,11 +196,12 @@ def no_gpu_message() -> str:
 
 
 def intra_op_threads(config: Config, num_gpus: int) -> int:
-    """The threads one op may use: ``--intra_op_threads``, or 1 for LeanLSTM on a CPU.
+    """The threads one op may use: ``--intra_op_threads``, or LeanLSTM's policy on a CPU.
 
-    LeanLSTM runs one fused recurrence per core, each a long series of small
-    steps; letting every step's matmul split across the cores as well only
-    makes the recurrences wait for each other.
+    LeanLSTM runs one fused recurrence per usable core (``lstm.cpu_policy``),
+    each a long series of small steps; letting every step's matmul split across
+    the cores as well only makes the recurrences wait for each other, so the
+    pool gets what the chains leave (1 when they cover the cores).
 
     Args:
       config: intra_op_threads (None for this default) and lean_lstm.
@@ -211,7 +212,11 @@ def intra_op_threads(config: Config, num_gpus: int) -> int:
     """
     if config.intra_op_threads is not None:
         return config.intra_op_threads
-    return 1 if config.lean_lstm and not num_gpus else 0
+    if not config.lean_lstm or num_gpus:
+        return 0
+    replicas = max(1, config.cpu_replicas)
+    return lstm.cpu_policy(lstm.usable_cores(), config.batch_size // replicas,
+                           replicas=replicas)[1]
 
 
 def set_intra_op_threads(threads: int) -> None:

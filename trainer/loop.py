@@ -53,6 +53,9 @@ class Reporter(Protocol):
     def train_call(self, step: int) -> contextlib.AbstractContextManager[None]:
         """Wraps every call of the compiled steps (the profiler's window and step marker)."""
 
+    def early_stop(self, epoch: int, best_epoch: int, patience: int) -> None:
+        """Early stopping ended the run after ``epoch``; ``best_epoch``'s weights are kept."""
+
 
 class Health:
     """Whether training still trains, judged on each call's mean loss.
@@ -380,6 +383,9 @@ class _Run:
         while int(loop.epoch) < loop.config.epochs and not loop.should_stop():
             self._epoch(int(loop.epoch) + 1)
         stopped_early = loop.should_stop()
+        if stopped_early and int(loop.epoch) < loop.config.epochs:
+            self.reporter.early_stop(int(loop.epoch), int(loop.best_epoch),
+                                     loop.config.early_stopping_patience)
         loop.keep_final_weights(self.checkpointer)
         return FitResult(
             epochs_completed=int(loop.epoch), train_steps=loop.step,

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from trainer.config import Config
+from trainer.ema import WarmAdam
 from trainer.lstm import LeanLSTM
 from trainer.task import Task
 
@@ -61,7 +62,7 @@ def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
     after the dtype policy is set. ``trainer.steps.Steps.averaged_weights`` puts
     the average in the model.
     """
-    optimizer = keras.optimizers.Adam(
+    optimizer = WarmAdam(
         learning_rate=config.learning_rate, use_ema=bool(config.ema_momentum),
         ema_momentum=config.ema_momentum)
     if keras.config.dtype_policy().name == "mixed_float16":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Any
 
 import tensorflow as tf
@@ -76,7 +77,11 @@ class Signals:
             signal.pause()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        del frame
+        if self._stops(signum) and _inside_logging(frame):
+            # An exception raised inside a log call is swallowed by logging (it prints a
+            # traceback and goes on): have the same signal delivered again once it is out.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         self.count += 1
         if self.received is None:
             self.received = signum
@@ -89,6 +94,13 @@ class Signals:
                             else "finishing the outputs first")
             return
         raise Stopped(self._message(signum), signum)
+
+    def _stops(self, signum: int) -> bool:
+        """Whether this signal, arriving now, raises Stopped (rather than being recorded)."""
+        del signum
+        if self.stage == DONE:
+            return False
+        return self.count >= 1 or self.stage not in _DEFERRED
 
     def _message(self, signum: int) -> str:
         name = signal_name(signum)
@@ -104,6 +116,15 @@ class Signals:
                     "checkpointed: run the same command to evaluate and write the outputs.")
         return (f"stopped by {name} while starting, before any new training step: nothing was "
                 "lost; run the same command to start again.")
+
+
+def _inside_logging(frame: Any) -> bool:
+    """Whether the interrupted code is inside the logging package (absl logs through it)."""
+    while frame is not None:
+        if f"{os.sep}logging{os.sep}" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 SIGNALS = Signals()  # One per process: signal handlers are process-wide.

@@ -46,7 +46,8 @@ REMOTE_CHECK_SECONDS = 30  # How long to wait for a gs:// folder to answer befor
 # Settings whose change would mix two training states: refused on resume.
 STATE_SETTINGS = ("vocab_size", "max_len", "embedding_dim", "lstm_units", "padding",
                   "mask_padding", "bucket_by_length", "bucket_window_batches", "batch_size",
-                  "seed", "data_source", "max_train_examples", "validation_split")
+                  "seed", "data_source", "max_train_examples", "validation_split",
+                  "text_column", "label_column", "test_split", "class_weight")
 # Settings that may change when a run is resumed: taken, logged, recorded.
 SAFE_SETTINGS = ("learning_rate", "epochs", "early_stopping_patience", "clip_norm",
                  "ema_momentum", "log_every_steps", "checkpoint_every_steps",

@@ -116,7 +116,8 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     with strategy.scope():
         net = model.build(config, task=classes)
         optimizer = model.make_optimizer(config)
-    trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size, task=classes)
+    trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size, task=classes,
+                        class_weight=data.class_weights(splits))
     plan = trainer.plan(datasets.train_examples)
     _log_model(net, config)
     checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
@@ -129,7 +130,8 @@ def _run(config: Config, start: float) -> dict[str, Any]:
             manifest.record_attempt(config, state, new_run=latest is None,
                                     by_overwrite=config.overwrite, resumed_from=latest)
         reporter = summaries.Summaries(config, chief, net, optimizer,
-                                       steps_per_call=plan.steps_per_call)
+                                       steps_per_call=plan.steps_per_call,
+                                       total_steps=plan.total_steps)
         try:
             with distribute.lost_workers_stop(strategy, config.checkpoint_dir):
                 fit = trainer.fit(datasets, plan, reporter, manager, best_manager)
@@ -273,18 +275,12 @@ def _barrier(strategy: tf.distribute.Strategy) -> None:
 def _restore(trainer: loop.Loop, strategy: tf.distribute.Strategy, config: Config,
              chief: bool) -> str | None:
     """Restores the newest readable checkpoint; takes the learning rate of this command."""
-    # Every worker resumes from the chief's checkpoints, the only ones kept. The chief sets
-    # unreadable ones aside first, then the others read what remains.
-    latest = None
-    if chief:
-        with strategy.scope():
-            latest = checkpoints.restore_newest(trainer.checkpoint, config.checkpoint_dir,
-                                                repair=True)
-    _barrier(strategy)
-    if not chief:
-        with strategy.scope():
-            latest = checkpoints.restore_newest(trainer.checkpoint, config.checkpoint_dir,
-                                                repair=False)
+    # Every worker resumes from the chief's checkpoints, the only ones kept, at the same
+    # time: under MultiWorkerMirroredStrategy a restore broadcasts the chief's values. Only
+    # the chief moves unreadable ones aside; the others skip the same ones.
+    with strategy.scope():
+        latest = checkpoints.restore_newest(trainer.checkpoint, config.checkpoint_dir,
+                                            repair=chief)
     if latest is None:
         return None
     logging.info("resuming from %s: epoch %d done, step %d", latest, int(trainer.epoch),
