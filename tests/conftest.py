@@ -121,3 +121,13 @@ def small_run(run_trainer, imdb_archive, tmp_path_factory) -> Path:
     assert process.returncode == 0, process.stderr[-3000:]
     (model_dir / "stderr.txt").write_text(process.stderr)
     return model_dir
+
+
+@pytest.fixture(autouse=True)
+def _absl_logs_reach_caplog():
+    """Some tests build Keras models or exports that leave absl's verbosity above INFO;
+    the tests that read log lines through caplog need each test to start at INFO."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    yield

@@ -119,6 +119,11 @@ class Steps:
     def _make_train(self) -> Any:
         strategy = self.strategy
 
+        def replica_vector(ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+            # One vector, so one all-reduce per step: [loss sum, correct, count].
+            sums = self._replica_train_step(ids, labels)
+            return tf.stack([sums.loss_sum, tf.linalg.trace(sums.confusion), sums.count])
+
         @tf.function
         def train_steps(iterator: Any, num_steps: tf.Tensor) -> TrainSums:
             """Runs up to num_steps steps; the sums of the steps it ran."""
@@ -127,10 +132,9 @@ class Steps:
                 batch = iterator.get_next_as_optional()
                 if not batch.has_value():
                     break
-                sums = strategy.run(self._replica_train_step, args=batch.get_value())
+                sums = strategy.run(replica_vector, args=batch.get_value())
                 sums = strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
-                totals += tf.stack([sums.loss_sum, tf.linalg.trace(sums.confusion),
-                                    sums.count, tf.constant(1.0, tf.float64)])
+                totals += tf.concat([sums, tf.ones([1], tf.float64)], axis=0)
             return TrainSums(*tf.unstack(totals))
 
         return train_steps
@@ -147,7 +151,9 @@ class Steps:
         @tf.function(reduce_retracing=True)
         def eval_step(batch: Any) -> BatchSums:
             sums = strategy.run(replica_step, args=batch)
-            return BatchSums(*strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None))
+            # Field by field: a multi-worker reduce of the structure would stack its parts.
+            return BatchSums(*(strategy.reduce(tf.distribute.ReduceOp.SUM, part, axis=None)
+                               for part in sums))
 
         return eval_step
 

@@ -71,18 +71,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
 
 def _run(config: Config, start: float) -> dict[str, Any]:
-    strategy = distribute.make_strategy(config)  # First TensorFlow work of the process.
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise UserError(f"--batch_size={config.batch_size} does not split evenly across "
-                        f"{replicas} replicas; use a multiple of {replicas}.")
-    precision = resolve_precision(config)
-    keras.mixed_precision.set_global_policy(precision)
-    keras.utils.set_random_seed(config.seed)
-    chief = distribute.is_chief(strategy)
-    if chief and not rundir.is_local(config.model_dir):
-        rundir.check_remote_folder(config.model_dir)
-        rundir.note_remote_holder(config.model_dir)
+    strategy, precision, chief = _start(config)
     finished = rundir.read_json(f"{config.model_dir}/{METRICS_FILE}")
     if finished is not None and not config.overwrite:
         # Done already, e.g. killed after writing its outputs: the same command succeeds
@@ -97,6 +86,7 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     if (not config.overwrite and checkpoints.listed(config.checkpoint_dir, repair=False)
             and (changed := manifest.differences(early_state))):
         raise manifest.refuse(changed, config.model_dir)  # Before the data is read.
+    replicas = strategy.num_replicas_in_sync
     logging.info("strategy %s with %d replica(s); precision %s; model_dir %s",
                  distribute.strategy_name(strategy), replicas, precision, config.model_dir)
 
@@ -113,6 +103,25 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     if resuming and (changed := manifest.differences(state)):
         raise manifest.refuse(changed, config.model_dir)
 
+    net, fit, tally = _train(config, strategy, chief, splits, datasets, test_batches, classes,
+                             manifest, state)
+    test = tally.metrics("test")
+    logging.info("test | %s", summaries.format_metrics(test))
+    metrics = _metrics(config, strategy, net, precision, splits, fit, test, start)
+    metrics.update(num_classes=classes.num_classes, class_names=list(classes.class_names),
+                   test_macro_f1=test["test/macro_f1"], **report(tally, classes.class_names))
+    SIGNALS.enter(WRITING)
+    if chief:
+        write_outputs(config, net, vectorizer, metrics, classes)
+    SIGNALS.enter(DONE)
+    return metrics
+
+
+def _train(config: Config, strategy: tf.distribute.Strategy, chief: bool, splits: data.Splits,
+           datasets: loop.Datasets, test_batches: tf.data.Dataset, classes: Task,
+           manifest: rundir.Manifest, state: dict[str, Any]
+           ) -> tuple[keras.Model, loop.FitResult, Any]:
+    """Builds the model, resumes, trains and tallies the test split; returns what it kept."""
     with strategy.scope():
         net = model.build(config, task=classes)
         optimizer = model.make_optimizer(config)
@@ -146,15 +155,24 @@ def _run(config: Config, start: float) -> dict[str, Any]:
             reporter.close()
     finally:
         distribute.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
-    logging.info("test | %s", summaries.format_metrics(test))
-    metrics = _metrics(config, strategy, net, precision, splits, fit, test, start)
-    metrics.update(num_classes=classes.num_classes, class_names=list(classes.class_names),
-                   test_macro_f1=test["test/macro_f1"], **report(tally, classes.class_names))
-    SIGNALS.enter(WRITING)
-    if chief:
-        write_outputs(config, net, vectorizer, metrics, classes)
-    SIGNALS.enter(DONE)
-    return metrics
+    return net, fit, tally
+
+
+def _start(config: Config) -> tuple[tf.distribute.Strategy, str, bool]:
+    """The strategy (the process's first TensorFlow work), the precision, and chief-ness."""
+    strategy = distribute.make_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UserError(f"--batch_size={config.batch_size} does not split evenly across "
+                        f"{replicas} replicas; use a multiple of {replicas}.")
+    precision = resolve_precision(config)
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(config.seed)
+    chief = distribute.is_chief(strategy)
+    if chief and not rundir.is_local(config.model_dir):
+        rundir.check_remote_folder(config.model_dir)
+        rundir.note_remote_holder(config.model_dir)
+    return strategy, precision, chief
 
 
 def _chief_task() -> bool:
