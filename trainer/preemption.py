@@ -162,6 +162,9 @@ class Preemption:
                 termination_config=tf.distribute.experimental.TerminationConfig(
                     termination_watcher_fn=self._signal_seen, exit_fn=self._stop,
                     grace_period=0, save_fn=manager.save))
+            # The handler puts its own SIGTERM handler in place; ours answers every stage.
+            if threading.current_thread() is threading.main_thread():
+                SIGNALS.install()
 
     def check(self) -> None:
         """Call after every training call, with the loop's position already recorded.
