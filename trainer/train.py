@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, data, distribute, export, loop, model, rundir, summaries
+from trainer import checkpoints, cluster, data, distribute, export, loop, model, rundir, summaries
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.preemption import DONE, EVALUATING, SIGNALS, STARTING, WRITING
-from trainer.task import Task, per_class_scalars, report
+from trainer.task import Tally, Task, per_class_scalars, report
 
 METRICS_FILE = "metrics.json"
 VOCAB_FILE = "vocab.txt"
@@ -52,7 +52,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     """
     start = time.time()
     SIGNALS.enter(STARTING)
-    chief = _chief_task()
+    chief = cluster.is_chief_task(cluster.parse_tf_config(os.environ.get("TF_CONFIG")))
     created = rundir.is_local(config.model_dir) and not os.path.exists(config.model_dir)
     try:
         if chief:  # Cheap checks first: before TensorFlow starts or any data is read.
@@ -71,7 +71,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
 
 def _run(config: Config, start: float) -> dict[str, Any]:
-    strategy, precision, chief = _start(config)
+    runtime = _start(config)
+    strategy, precision, chief = runtime.strategy, runtime.precision, runtime.chief
     finished = rundir.read_json(f"{config.model_dir}/{METRICS_FILE}")
     if finished is not None and not config.overwrite:
         # Done already, e.g. killed after writing its outputs: the same command succeeds
@@ -86,12 +87,11 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     if (not config.overwrite and checkpoints.listed(config.checkpoint_dir, repair=False)
             and (changed := manifest.differences(early_state))):
         raise manifest.refuse(changed, config.model_dir)  # Before the data is read.
-    replicas = strategy.num_replicas_in_sync
     logging.info("strategy %s with %d replica(s); precision %s; model_dir %s",
-                 distribute.strategy_name(strategy), replicas, precision, config.model_dir)
+                 runtime.strategy_name, runtime.num_replicas, precision, config.model_dir)
 
     splits, vectorizer, datasets, test_batches = _read_data(config)
-    classes = Task(getattr(splits, "class_names", ("negative", "positive")))
+    classes = Task(splits.class_names)
     SIGNALS.pause_point("data read")
     state = {**early_state, **_fingerprints(splits, vectorizer)}
     start_over = _starts_over(config, manifest, finished is not None, state)
@@ -103,13 +103,11 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     if resuming and (changed := manifest.differences(state)):
         raise manifest.refuse(changed, config.model_dir)
 
-    net, fit, tally = _train(config, strategy, chief, splits, datasets, test_batches, classes,
+    net, fit, tally = _train(config, runtime, splits, datasets, test_batches, classes,
                              manifest, state)
     test = tally.metrics("test")
     logging.info("test | %s", summaries.format_metrics(test))
-    metrics = _metrics(config, strategy, net, precision, splits, fit, test, start)
-    metrics.update(num_classes=classes.num_classes, class_names=list(classes.class_names),
-                   test_macro_f1=test["test/macro_f1"], **report(tally, classes.class_names))
+    metrics = _metrics(config, runtime, net, splits, classes, fit, tally, start)
     SIGNALS.enter(WRITING)
     if chief:
         write_outputs(config, net, vectorizer, metrics, classes)
@@ -117,18 +115,19 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     return metrics
 
 
-def _train(config: Config, strategy: tf.distribute.Strategy, chief: bool, splits: data.Splits,
+def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
            datasets: loop.Datasets, test_batches: tf.data.Dataset, classes: Task,
            manifest: rundir.Manifest, state: dict[str, Any]
-           ) -> tuple[keras.Model, loop.FitResult, Any]:
+           ) -> tuple[keras.Model, loop.FitResult, Tally]:
     """Builds the model, resumes, trains and tallies the test split; returns what it kept."""
+    strategy, chief = runtime.strategy, runtime.chief
     with strategy.scope():
         net = model.build(config, task=classes)
         optimizer = model.make_optimizer(config)
     trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size, task=classes,
                         class_weight=data.class_weights(splits))
     plan = trainer.plan(datasets.train_examples)
-    _log_model(net, config)
+    _log_model(net, config, runtime)
     checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
     try:
         manager, best_manager = checkpoints.make_managers(trainer.checkpoint,
@@ -158,31 +157,19 @@ def _train(config: Config, strategy: tf.distribute.Strategy, chief: bool, splits
     return net, fit, tally
 
 
-def _start(config: Config) -> tuple[tf.distribute.Strategy, str, bool]:
-    """The strategy (the process's first TensorFlow work), the precision, and chief-ness."""
-    strategy = distribute.make_strategy(config)
-    replicas = strategy.num_replicas_in_sync
+def _start(config: Config) -> distribute.Runtime:
+    """The runtime (the process's first TensorFlow work), its precision and seed set."""
+    runtime = distribute.make_runtime(config)
+    replicas = runtime.num_replicas
     if config.batch_size % replicas:
         raise UserError(f"--batch_size={config.batch_size} does not split evenly across "
                         f"{replicas} replicas; use a multiple of {replicas}.")
-    precision = resolve_precision(config)
-    keras.mixed_precision.set_global_policy(precision)
+    keras.mixed_precision.set_global_policy(runtime.precision)
     keras.utils.set_random_seed(config.seed)
-    chief = distribute.is_chief(strategy)
-    if chief and not rundir.is_local(config.model_dir):
+    if runtime.chief and not rundir.is_local(config.model_dir):
         rundir.check_remote_folder(config.model_dir)
         rundir.note_remote_holder(config.model_dir)
-    return strategy, precision, chief
-
-
-def _chief_task() -> bool:
-    """Whether TF_CONFIG (read before TensorFlow starts) makes this process the chief."""
-    tf_config = distribute.parse_tf_config(os.environ.get("TF_CONFIG"))
-    if not tf_config:
-        return True
-    task = tf_config["task"]
-    return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0
-                                       and "chief" not in tf_config["cluster"])
+    return runtime
 
 
 def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorization | None,
@@ -311,21 +298,22 @@ def _restore(trainer: loop.Loop, strategy: tf.distribute.Strategy, config: Confi
     return latest
 
 
-def _log_model(net: keras.Model, config: Config) -> None:
+def _log_model(net: keras.Model, config: Config, runtime: distribute.Runtime) -> None:
     blockers = model.cudnn_blockers(net, config)
-    gpus = len(tf.config.list_logical_devices("GPU"))
     logging.info("model: %d parameters; LSTM %s%s", net.count_params(),
                  "is cuDNN-eligible" if not blockers else
                  "is NOT cuDNN-eligible: " + "; ".join(blockers),
-                 "" if gpus else f" (no GPU here: it runs {model.cpu_lstm_kernel(net)})")
+                 "" if runtime.num_gpus else
+                 f" (no GPU here: it runs {model.cpu_lstm_kernel(net)})")
 
 
-def _metrics(config: Config, strategy: tf.distribute.Strategy, net: keras.Model, precision: str,
-             splits: data.Splits, fit: loop.FitResult, test: dict[str, float],
+def _metrics(config: Config, runtime: distribute.Runtime, net: keras.Model,
+             splits: data.Splits, classes: Task, fit: loop.FitResult, tally: Tally,
              start: float) -> dict[str, Any]:
     """What metrics.json records about the run."""
     blockers = model.cudnn_blockers(net, config)
-    gpus = len(tf.config.list_logical_devices("GPU"))
+    gpus = runtime.num_gpus
+    test = tally.metrics("test")
     return {
         "test_accuracy": test["test/accuracy"],
         "test_loss": test["test/loss"],
@@ -335,9 +323,9 @@ def _metrics(config: Config, strategy: tf.distribute.Strategy, net: keras.Model,
         "train_steps": fit.train_steps,
         "train_examples_per_sec": fit.train_examples_per_sec,
         "num_params": net.count_params(),
-        "strategy": distribute.strategy_name(strategy),
-        "num_replicas": strategy.num_replicas_in_sync,
-        "precision": precision,
+        "strategy": runtime.strategy_name,
+        "num_replicas": runtime.num_replicas,
+        "precision": runtime.precision,
         "cudnn_eligible": not blockers,
         "cudnn_blockers": blockers,
         "cpu_lstm_kernel": None if gpus else model.cpu_lstm_kernel(net),
@@ -347,19 +335,16 @@ def _metrics(config: Config, strategy: tf.distribute.Strategy, net: keras.Model,
         "history": fit.history,
         "wall_time_sec": time.time() - start,
         "flags": config.to_dict(),
+        "num_classes": classes.num_classes,
+        "class_names": list(classes.class_names),
+        "test_macro_f1": test["test/macro_f1"],
+        **report(tally, classes.class_names),
     }
-
-
-def resolve_precision(config: Config) -> str:
-    """The Keras dtype policy: ``auto`` is mixed_float16 with a GPU, float32 without."""
-    if config.precision != "auto":
-        return config.precision
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
 
 
 def write_outputs(config: Config, net: keras.Model,
                   vectorizer: keras.layers.TextVectorization | None,
-                  metrics: dict[str, Any], classes: Task | None = None) -> None:
+                  metrics: dict[str, Any], classes: Task) -> None:
     """Writes what a finished run leaves for people and programs; chief only.
 
     The vocabulary, the class names (labels.txt), the .keras model (token ids
@@ -372,7 +357,6 @@ def write_outputs(config: Config, net: keras.Model,
     if vectorizer is not None:
         rundir.write_atomically(f"{model_dir}/{VOCAB_FILE}",
                                 lambda f: f.write("\n".join(vectorizer.get_vocabulary()) + "\n"))
-    classes = classes or Task()
     rundir.write_atomically(f"{model_dir}/{LABELS_FILE}",
                             lambda f: f.write("".join(f"{name}\n" for name in classes.class_names)))
     temporary = f"{model_dir}/.{MODEL_FILE}.tmp-{os.getpid()}.keras"  # Keras wants .keras.
