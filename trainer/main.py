@@ -21,26 +21,35 @@ Commands people type::
 
 from __future__ import annotations
 
-import logging as py_logging
 import os
 import signal
+import sys
 
-
-def _stopped_while_importing(signum: int, frame: object) -> None:
-    """Until the run's own handler is installed (TensorFlow takes seconds to import)."""
-    del frame
-    ctrl_c = signum == signal.SIGINT
-    os.write(2, (f"{'interrupted' if ctrl_c else 'preempted'}: stopped by "
-                 f"{'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM'} while starting, before any new "
-                 "training step: nothing was lost; run the same command to start again.\n"
-                 ).encode())
-    os._exit(130 if ctrl_c else 75)
-
-
+_EARLY: list[int] = []  # Signals that came while the imports below ran.
 for _signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(_signum, _stopped_while_importing)
+    signal.signal(_signum, lambda signum, frame: _EARLY.append(signum))
 
-from absl import app  # noqa: E402 (after the signal handlers above)
+import logging as py_logging  # noqa: E402
+
+from trainer.errors import Stopped  # noqa: E402
+from trainer.preemption import SIGNALS  # noqa: E402 (no TensorFlow: it answers from here on)
+
+
+def _stopped_outside_main(kind: type, error: BaseException, traceback: object) -> None:
+    """A signal while the imports below or absl's start-up run: the same one line."""
+    if not isinstance(error, Stopped):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    print(f"{error.label}: {error}", file=sys.stderr, flush=True)
+    os._exit(error.exit_code)
+
+
+sys.excepthook = _stopped_outside_main
+SIGNALS.install()
+for _signum in _EARLY[:1]:
+    os.kill(os.getpid(), _signum)  # Answered now, as one in the starting stage.
+
+from absl import app  # noqa: E402 (after the signal handler above)
 from absl import flags as absl_flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
@@ -64,10 +73,8 @@ def main(argv: list[str]) -> None:
         set_tf_log_level(absl_flags.FLAGS.tf_log_level)
         # TensorFlow loads here, once its C++ log level is set.
         from trainer import train
-        from trainer.preemption import SIGNALS
 
         _quiet_tensorflow_internals()
-        SIGNALS.install()
         train.train_and_evaluate(config)
     except Exception as error:
         ending = exit_code_and_line(error)

@@ -28,12 +28,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tensorflow as tf
 from absl import logging
 
 from trainer.errors import PreemptedError, Stopped
+
+if TYPE_CHECKING:  # TensorFlow loads with the run, not with the signal handler (main.py).
+    import tensorflow as tf
 
 STARTING, TRAINING, EVALUATING, WRITING, DONE = ("starting", "training", "evaluating",
                                                  "writing outputs", "done")
@@ -56,7 +58,11 @@ class Signals:
         self.count = 0
 
     def install(self) -> None:
-        """Call once, early in the main thread: from then on no signal is left unanswered."""
+        """Answers SIGTERM and SIGINT from now on; call from the main thread.
+
+        main.py calls it before TensorFlow loads; call it again after anything
+        that puts its own handler in place.
+        """
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
 
@@ -77,7 +83,7 @@ class Signals:
             signal.pause()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self._stops(signum) and _inside_logging(frame):
+        if self._stops() and _inside_logging(frame):
             # An exception raised inside a log call is swallowed by logging (it prints a
             # traceback and goes on): have the same signal delivered again once it is out.
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
@@ -95,9 +101,8 @@ class Signals:
             return
         raise Stopped(self._message(signum), signum)
 
-    def _stops(self, signum: int) -> bool:
-        """Whether this signal, arriving now, raises Stopped (rather than being recorded)."""
-        del signum
+    def _stops(self) -> bool:
+        """Whether a signal arriving now raises Stopped (rather than being recorded)."""
         if self.stage == DONE:
             return False
         return self.count >= 1 or self.stage not in _DEFERRED
@@ -147,6 +152,8 @@ class Preemption:
           shared_checkpoint_dir: where the kept copy goes (the chief's), for messages.
           workers: processes training together.
         """
+        import tensorflow as tf
+
         self._manager = manager
         self._shared_checkpoint_dir = shared_checkpoint_dir
         self._polled = False  # TensorFlow's handler is watching (see the module doc).
