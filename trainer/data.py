@@ -25,7 +25,7 @@ import string
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 import keras
@@ -45,7 +45,7 @@ _MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/]+\.txt)$")
 _LABELS = {"neg": 0, "pos": 1}
 _LAYOUT_HINT = ("expected the aclImdb layout: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt "
                 "(the official aclImdb_v1.tar.gz or the labeled part of it)")
-_ENCODE_BATCH = 1024  # Reviews vectorized per TextVectorization call.
+_ENCODE_BATCH = 1024  # Reviews per tf.data batch: per TextVectorization call, per tfds read.
 
 # Reviews are cut on read to what --max_len tokens can use, so that one huge review costs
 # no more memory than a long one. A token is a word of the standardized text; 64 characters
@@ -392,18 +392,21 @@ def read_tfds(data_dir: str, limit: TextLimit = TextLimit()) -> tuple[Split, Spl
             ".tar.gz>.") from None
 
     def to_split(ds: tf.data.Dataset) -> Split:
-        texts, labels = [], []
+        texts: list[str] = []
+        labels = [np.zeros(0, np.int32)]
         try:
-            for text, label in tfds.as_numpy(ds):
+            # Batched: tf.data hands over arrays, not one Python element per review.
+            for batch_texts, batch_labels in tfds.as_numpy(ds.batch(_ENCODE_BATCH)):
                 # tfds checksums its download; a stray byte need not stop the run.
-                texts.append(limit.cut(text.decode("utf-8", errors="replace")))
-                labels.append(label)
+                texts.extend(limit.cut(text.decode("utf-8", errors="replace"))
+                             for text in batch_texts)
+                labels.append(batch_labels)
         except tf.errors.OpError as error:  # A damaged record file of the prepared dataset.
             raise UserError(f"tensorflow-datasets' imdb_reviews files are damaged "
                             f"({_one_line(error)}); delete imdb_reviews under "
                             f"{data_dir or '~/tensorflow_datasets'} and download it again.") \
                 from None
-        return Split(_object_array(texts), np.array(labels, dtype=np.int32))
+        return Split(_object_array(texts), np.concatenate(labels).astype(np.int32))
 
     return to_split(train_ds), to_split(test_ds)
 
@@ -499,11 +502,7 @@ def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
     """
     if not size or size >= len(labels):
         return np.arange(len(labels))
-    classes, members_count = np.unique(labels, return_counts=True)
-    counts = stratified_counts(members_count, size)
-    chosen = [rng.choice(np.flatnonzero(labels == label), size=count, replace=False)
-              for label, count in zip(classes, counts, strict=True)]
-    return np.sort(np.concatenate(chosen))
+    return _draw_per_class(labels, lambda sizes: stratified_counts(sizes, size), rng)
 
 
 def stratified_counts(class_counts: np.ndarray, size: int) -> np.ndarray:
@@ -524,14 +523,23 @@ def stratified_counts(class_counts: np.ndarray, size: int) -> np.ndarray:
 def stratified_split(labels: np.ndarray, fraction: float,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Splits indices into (kept, held out), holding out ``fraction`` of each class."""
-    held_out = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        count = round(fraction * len(members))
-        held_out.append(rng.choice(members, size=count, replace=False))
-    held = np.sort(np.concatenate(held_out)).astype(np.int64)
-    kept = np.setdiff1d(np.arange(len(labels)), held)
-    return kept, held
+    held = _draw_per_class(
+        labels, lambda sizes: [round(fraction * int(n)) for n in sizes], rng)
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def _draw_per_class(labels: np.ndarray,
+                    counts: Callable[[np.ndarray], Sequence[int] | np.ndarray],
+                    rng: np.random.Generator) -> np.ndarray:
+    """Sorted int64 indices: ``counts(class sizes)[k]`` of class k, drawn without replacement.
+
+    Classes are drawn in ascending id order, each from its members in index
+    order, so a seed always gives the same indices.
+    """
+    classes, sizes = np.unique(labels, return_counts=True)
+    chosen = [rng.choice(np.flatnonzero(labels == label), size=count, replace=False)
+              for label, count in zip(classes, counts(sizes), strict=True)]
+    return np.sort(np.concatenate([np.zeros(0, np.int64), *chosen])).astype(np.int64)
 
 
 # --- Vectorization ------------------------------------------------------------------------
@@ -561,12 +569,12 @@ def make_vectorizer(train: Split, config: Config) -> keras.layers.TextVectorizat
 
 
 def _strings(reviews: np.ndarray) -> tf.Tensor:
-    """The reviews as a tf.string tensor, each as long as itself.
+    """The reviews (an object array of str) as a tf.string tensor, converted in one call.
 
     ``reviews.astype(str)`` would make a fixed-width array, every row as wide as
-    the longest review.
+    the longest review; an object array goes in as it is.
     """
-    return tf.constant(_object_array([str(review) for review in reviews]), tf.string)
+    return tf.constant(reviews, tf.string)
 
 
 @dataclasses.dataclass(frozen=True)

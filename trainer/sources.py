@@ -225,18 +225,21 @@ def _read_labeled(config: Config, read_rows: Callable[[str, str], Rows],
     train_path, test_path = paths or (config.data_path, config.test_data_path)
     train = read_rows(train_path, "--data_path")
     test = read_rows(test_path, "--test_data_path") if test_path else None
-    names = class_order(_canonical(train.labels))
+    train_labels = _canonical(train.labels)
+    names = class_order(train_labels)
     if len(names) < 2:
         raise UserError(f"{train.flag}={train.path} has a single class "
                         f"({names[0] if names else 'none'!r}); a classifier needs at least "
                         "two (check --label_column).")
     ids = {name: i for i, name in enumerate(names)}
-    if test is not None:
-        for label, place in zip(_canonical(test.labels), test.places, strict=True):
-            if label not in ids:
-                raise UserError(f"{test.flag}={test.path}: {place}: label {label!r} is not a "
-                                f"label of --data_path={train.path} ({', '.join(names)}).")
-    return (_to_split(train, ids), _to_split(test, ids) if test is not None else None, names)
+    if test is None:
+        return _to_split(train.texts, train_labels, ids), None, names
+    test_labels = _canonical(test.labels)
+    for label, place in zip(test_labels, test.places, strict=True):
+        if label not in ids:
+            raise UserError(f"{test.flag}={test.path}: {place}: label {label!r} is not a "
+                            f"label of --data_path={train.path} ({', '.join(names)}).")
+    return _to_split(train.texts, train_labels, ids), _to_split(test.texts, test_labels, ids), names
 
 
 def _canonical(labels: list[str]) -> list[str]:
@@ -246,9 +249,10 @@ def _canonical(labels: list[str]) -> list[str]:
     return labels
 
 
-def _to_split(rows: Rows, ids: dict[str, int]) -> data.Split:
-    return data.Split(data._object_array(rows.texts),
-                      np.array([ids[label] for label in _canonical(rows.labels)], np.int32))
+def _to_split(texts: list[str], labels: list[str], ids: dict[str, int]) -> data.Split:
+    """Texts and their (canonical) labels as a Split of class ids."""
+    return data.Split(data._object_array(texts),
+                      np.array([ids[label] for label in labels], np.int32))
 
 
 def _is_int(text: str) -> bool:
@@ -275,13 +279,17 @@ def _isdir(path: str) -> bool:
         return False
 
 
-def _subfolders(path: str) -> list[str]:
-    """Names of the folders in ``path`` (hidden ones, like .ipynb_checkpoints, left out)."""
+def _listdir(path: str) -> list[str]:
+    """The names in folder ``path`` (local or gs://), sorted, or a one-line UserError."""
     try:
-        names = tf.io.gfile.listdir(path)
+        return sorted(tf.io.gfile.listdir(path))
     except tf.errors.OpError as error:
         raise UserError(f"cannot list folder {path}: {data._one_line(error)}.") from None
-    return sorted(name.rstrip("/") for name in names if not name.startswith(".")
+
+
+def _subfolders(path: str) -> list[str]:
+    """Names of the folders in ``path`` (hidden ones, like .ipynb_checkpoints, left out)."""
+    return sorted(name.rstrip("/") for name in _listdir(path) if not name.startswith(".")
                   and _isdir(f"{path.rstrip('/')}/{name.rstrip('/')}"))
 
 
@@ -554,7 +562,7 @@ def _folder_rows(path: str, flag: str, limit: data.TextLimit) -> Rows:
     skipped: collections.Counter = collections.Counter()
     for label in classes:
         folder = f"{path}/{label}"
-        names = sorted(tf.io.gfile.listdir(folder))
+        names = _listdir(folder)
         texts = [name for name in names if name.endswith(".txt")]
         skipped["files not ending in .txt"] += sum(
             1 for name in names if not name.endswith(".txt") and not name.endswith("/"))
