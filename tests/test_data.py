@@ -148,10 +148,20 @@ def test_text_limit_keeps_what_max_len_tokens_can_use_on_the_truncated_side():
     assert data.TextLimit().cut("abcdef") == "abcdef"
 
 
-def test_no_real_review_is_cut_so_encode_is_unchanged(imdb_archive):
-    config = Config(max_len=8, padding="pre")  # The smallest window there is.
+# The smallest window there is, kept from the end: what the IMDB tests below read with.
+_SMALLEST_WINDOW = Config(max_len=8, padding="pre")
+
+
+@pytest.fixture(scope="module")
+def imdb_cut(imdb_archive) -> tuple[data.Split, data.Split]:
+    """The real archive's (train, test), read once for this module, cut on read."""
+    return data.read_aclimdb(imdb_archive, data.text_limit(_SMALLEST_WINDOW))
+
+
+def test_no_real_review_is_cut_so_encode_is_unchanged(imdb_archive, imdb_cut):
+    config = _SMALLEST_WINDOW
     whole_train, whole_test = data.read_aclimdb(imdb_archive)
-    cut_train, cut_test = data.read_aclimdb(imdb_archive, data.text_limit(config))
+    cut_train, cut_test = imdb_cut
     assert cut_train.reviews.dtype == object
     assert list(cut_train.reviews) == list(whole_train.reviews)
     assert list(cut_test.reviews) == list(whole_test.reviews)
@@ -310,7 +320,8 @@ def test_keras_npz_of_a_2d_array_reads_one_review_a_row(tmp_path):
 
 
 def test_tfds_source_reads_imdb_reviews():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # A dependency (setup.py): never skipped.
+
     with tfds.testing.mock_data(num_examples=8):
         splits = data.load(Config(data_source="tfds", validation_split=0.25))
     assert len(splits.train) + len(splits.validation) == 8
@@ -318,12 +329,21 @@ def test_tfds_source_reads_imdb_reviews():
     assert isinstance(splits.train.reviews[0], str)
 
 
-def test_tfds_reviews_are_cut_on_read_on_the_kept_side():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=8):
+def test_tfds_reviews_are_cut_on_read_on_the_kept_side(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(data, "_ENCODE_BATCH", 3)  # Read in batches: 3, 3 and a partial 2.
+    count = 8
+    with tfds.testing.mock_data(num_examples=count):
         whole, _ = data.read_tfds("")
-    with tfds.testing.mock_data(num_examples=8):
+    with tfds.testing.mock_data(num_examples=count):
         cut, _ = data.read_tfds("", data.TextLimit(5, from_end=True))
+    with tfds.testing.mock_data(num_examples=count):  # tfds' own order, one at a time.
+        one_by_one = list(tfds.as_numpy(tfds.load("imdb_reviews", split="train",
+                                                  as_supervised=True)))
+    assert list(whole.reviews) == [text.decode("utf-8", "replace") for text, _ in one_by_one]
+    assert whole.labels.tolist() == [int(label) for _, label in one_by_one]
+    assert whole.labels.dtype == np.int32
     assert cut.reviews.dtype == object
     assert list(cut.reviews) == [review[-5:] for review in whole.reviews]
 
@@ -367,25 +387,30 @@ def _old_stratified_split(labels, fraction, rng):
 
 @pytest.mark.parametrize("max_train, max_test, validation, seed", [
     (4000, 2000, 0.1, 42), (4001, 1999, 0.1, 3), (0, 0, 0.1, 42), (600, 200, 0.25, 7)])
-def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, monkeypatch,
-                                                                  max_train, max_test,
-                                                                  validation, seed):
+def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, imdb_cut,
+                                                                  monkeypatch, max_train,
+                                                                  max_test, validation, seed):
     from trainer import sources
-    train, test = _IMDB.get("splits") or _IMDB.setdefault(
-        "splits", data.read_aclimdb(imdb_archive, data.text_limit(Config())))
+    train, test = imdb_cut
     rng = np.random.default_rng(seed)
     old_train = train.take(_old_balanced_subset(train.labels, max_train, rng))
     old_test = test.take(_old_balanced_subset(test.labels, max_test, rng))
     kept, held = _old_stratified_split(old_train.labels, validation, rng)
+    # The archive read once (above), not once per load.
     monkeypatch.setitem(sources.READERS, "aclimdb",
                         lambda config, limit: (train, test, sources.IMDB_CLASSES))
-    splits = data.load(Config(data_path=imdb_archive, max_train_examples=max_train,
-                              max_test_examples=max_test, validation_split=validation,
-                              seed=seed))
+    config = Config(data_path=imdb_archive, max_train_examples=max_train,
+                    max_test_examples=max_test, validation_split=validation, seed=seed)
+    splits = data.load(config)
     assert list(splits.train.reviews) == list(old_train.take(kept).reviews)
     assert list(splits.validation.reviews) == list(old_train.take(held).reviews)
     assert list(splits.test.reviews) == list(old_test.reviews)
     assert splits.class_names == ("negative", "positive")
-
-
-_IMDB: dict = {}  # The real archive's splits, read once for the tests above.
+    # The comparison can fail: another seed draws other reviews, which the reference's
+    # draws would not match.
+    other = data.load(config.replace(seed=seed + 1))
+    assert list(other.validation.reviews) != list(splits.validation.reviews)
+    if max_train:
+        assert list(other.train.reviews) != list(splits.train.reviews)
+    if max_test:
+        assert list(other.test.reviews) != list(splits.test.reviews)
