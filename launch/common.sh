@@ -4,6 +4,8 @@
 #   parse_args "$@"             --help, --dry-run, --name=value for settings, `--` passthrough
 #   run CMD...                  print CMD shell-quoted, then run it (unless DRY_RUN=1)
 #   run_exec CMD...             the same, but CMD replaces this shell (the script's last step)
+#   gc ARGS...                  run gcloud ARGS (with --project=$PROJECT when PROJECT is set)
+#   fetch_results URI NAME FILE copy URI to runs/NAME, then print FILE from it (a results command)
 # After parse_args: ARGS holds the script's own words (subcommand, N), TRAINER_ARGS
 # everything after `--`, passed to `python -m trainer.main` untouched.
 
@@ -110,6 +112,18 @@ run_exec() {
   if [[ $DRY_RUN != 1 ]]; then exec "$@"; fi
 }
 
+# gc ARGS...: `gcloud ARGS`, printed and run like `run`, in $PROJECT if set (else gcloud's own).
+gc() { run gcloud "$@" ${PROJECT:+"--project=$PROJECT"}; }
+
+# fetch_results FOLDER NAME METRICS: copy the gs:// FOLDER to runs/NAME in the repo, then
+# print METRICS (a path inside it) if the run wrote one.
+fetch_results() {
+  local local_dir=$REPO_ROOT/runs/$2
+  run mkdir -p "$local_dir"
+  run gcloud storage rsync --recursive "$1" "$local_dir"
+  if [[ -f $local_dir/$3 ]]; then cat "$local_dir/$3"; fi
+}
+
 # require NAME EXAMPLE: stop unless $NAME is set; a dry run uses a placeholder instead.
 require() {
   [[ -n ${!1} ]] && return 0
@@ -137,8 +151,9 @@ show_file() {
   printf '    ---\n' >&2
 }
 
-# make_tmp_dir: a scratch folder in $TMP_DIR, removed when the script exits.
+# make_tmp_dir: a scratch folder in $TMP_DIR (made once), removed when the script exits.
 make_tmp_dir() {
+  [[ -z ${TMP_DIR:-} ]] || return 0
   TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/${SCRIPT_NAME%.sh}.XXXXXX")
   trap 'rm -rf "$TMP_DIR"' EXIT
 }

@@ -21,12 +21,13 @@ DRY_RUN=${DRY_RUN:-0}
 export HOME=${HOME:-/root}
 
 say() { printf '[gce_startup] %s\n' "$*"; }
-run() {
+# The VM runs this file alone (no launch/common.sh yet): its own show and run.
+show() {  # show CMD...: print CMD shell-quoted
   local word out=()
   for word in "$@"; do out+=("$(printf '%q' "$word")"); done
   printf '+ %s\n' "${out[*]}"
-  if [[ $DRY_RUN != 1 ]]; then "$@"; fi
 }
+run() { show "$@"; if [[ $DRY_RUN != 1 ]]; then "$@"; fi; }
 md() { curl -fsS -H 'Metadata-Flavor: Google' "$METADATA_URL/$1"; }
 
 mkdir -p "$WORK_DIR"
@@ -97,7 +98,7 @@ done
 # gpu.sh ends by exec-ing the trainer, so the PID becomes the trainer's own.
 rc=0
 cmd=(env "VENV=$WORK_DIR/venv" "$src/launch/gpu.sh" -- "${flags[@]}" "$@")
-printf '+ %s\n' "$(printf '%q ' "${cmd[@]}")"
+show "${cmd[@]}"
 if [[ $DRY_RUN != 1 ]]; then
   "${cmd[@]}" &
   printf '%s\n' "$!" >"$WORK_DIR/trainer.pid"

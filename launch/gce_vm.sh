@@ -51,7 +51,6 @@ if [[ $command == create || $command == results ]]; then require BUCKET gs://YOU
 output_dir=${BUCKET%/}/$VM_NAME
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE,,}
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE//_/-}   # Vertex's NVIDIA_TESLA_T4 works here too
-gc() { run gcloud "$@" ${PROJECT:+"--project=$PROJECT"}; }
 print_settings
 
 case $command in
@@ -98,12 +97,7 @@ case $command in
   start) gc compute instances start "$VM_NAME" --zone="$ZONE" ;;
   logs) gc compute instances tail-serial-port-output "$VM_NAME" --zone="$ZONE" ;;
   status) gc compute instances describe "$VM_NAME" --zone="$ZONE" --format='value(status)' ;;
-  results)
-    local_dir=$REPO_ROOT/runs/gce-$VM_NAME
-    run mkdir -p "$local_dir"
-    run gcloud storage rsync --recursive "$output_dir" "$local_dir"
-    if [[ -f $local_dir/metrics.json ]]; then cat "$local_dir/metrics.json"; fi
-    ;;
+  results) fetch_results "$output_dir" "gce-$VM_NAME" metrics.json ;;
   delete) gc compute instances delete "$VM_NAME" --zone="$ZONE" ;;
   *) die "unknown command $command (see --help)" ;;
 esac

@@ -92,7 +92,6 @@ ACCELERATOR_TYPE=${ACCELERATOR_TYPE^^}
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE//-/_}   # nvidia-tesla-t4 (Compute Engine's name) works too
 output_dir=${BUCKET%/}/$JOB_NAME
 registry=${IMAGE_URI%%/*}
-gc() { run gcloud "$@" ${PROJECT:+"--project=$PROJECT"}; }
 print_settings
 
 build() {
@@ -113,7 +112,7 @@ build() {
 # upload skips what launch/Dockerfile.dockerignore keeps out of a local build.
 cloud_build() {
   log "no docker engine here (docker info failed): building $IMAGE_URI with Cloud Build"
-  [[ -n ${TMP_DIR:-} ]] || make_tmp_dir
+  make_tmp_dir
   local config=$TMP_DIR/cloudbuild.json image
   image=$(json_str "$IMAGE_URI")
   printf '{\n  "steps": [{\n    "name": "gcr.io/cloud-builders/docker",\n    "args": [%s]\n  }],\n  "images": [%s],\n  "timeout": "3600s"\n}\n' \
@@ -162,7 +161,7 @@ submit() {
   # A job that pays for GPUs must not quietly train on the CPU.
   if ((ACCELERATOR_COUNT > 0)); then job_args=(--require_gpu "${job_args[@]}"); fi
   if ((REPLICAS > 1)); then job_args=(--strategy=multi_worker "${job_args[@]}"); fi
-  [[ -n ${TMP_DIR:-} ]] || make_tmp_dir
+  make_tmp_dir
   local config=$TMP_DIR/custom_job.json pools
   pools=$(worker_pool 1)   # pool 0 has exactly one replica: the chief
   if ((REPLICAS > 1)); then pools+=$(printf ',\n%s' "$(worker_pool $((REPLICAS - 1)))"); fi
@@ -199,10 +198,5 @@ case $command in
     ;;
   logs) gc ai custom-jobs stream-logs "$job_id" --region="$REGION" ;;
   cancel) gc ai custom-jobs cancel "$job_id" --region="$REGION" ;;
-  results)
-    local_dir=$REPO_ROOT/runs/vertex-$JOB_NAME
-    run mkdir -p "$local_dir"
-    run gcloud storage rsync --recursive "$output_dir" "$local_dir"
-    if [[ -f $local_dir/model/metrics.json ]]; then cat "$local_dir/model/metrics.json"; fi
-    ;;
+  results) fetch_results "$output_dir" "vertex-$JOB_NAME" model/metrics.json ;;
 esac
