@@ -65,10 +65,22 @@ def write_archive(path: Path, files: dict[str, bytes]) -> Path:
 @pytest.fixture(scope="session")
 def imdb_archive() -> str:
     """The real labeled IMDB archive: $IMDB_ARCHIVE (.ci/run sets it), else the shared copy."""
-    path = os.environ.get("IMDB_ARCHIVE") or str(SHARED_ARCHIVE)
-    if not os.path.isfile(path):
-        pytest.skip(f"the real IMDB archive is not at {path}: set IMDB_ARCHIVE to an aclImdb "
-                    ".tar.gz (.ci/run sets it) to run the tests that need it")
+    return str(shared_file("IMDB_ARCHIVE", SHARED_ARCHIVE, "the real IMDB archive"))
+
+
+def shared_file(variable: str, default: Path, what: str) -> Path:
+    """``$variable``, else ``default``: a data file kept beside the repository.
+
+    Missing, the tests that need it skip on a developer's machine, but fail under
+    CI (``$CI`` set: CI has the file beside the repository) or when ``$variable``
+    names a file that is not there: a skip would hide the break.
+    """
+    path = Path(os.environ.get(variable) or default)
+    if not path.is_file():
+        why = f"{what} is not at {path}"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false") or os.environ.get(variable):
+            pytest.fail(f"{why}, and CI or ${variable} says it should be", pytrace=False)
+        pytest.skip(f"{why}: set {variable} to run the tests that need it")
     return path
 
 

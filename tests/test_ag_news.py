@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, trainer_env
+from tests.conftest import REPO, shared_file, trainer_env
 from trainer import data
 from trainer.config import Config
 
@@ -26,20 +25,8 @@ TRAIN_FLAGS = ("--text_column=title,description", "--label_column=label", "--max
 
 @pytest.fixture(scope="module")
 def ag_news_csv() -> Path:
-    """$AG_NEWS_CSV, else ../shared/data/ag_news/ag_news_test.csv beside the repository.
-
-    Missing, the tests skip on a developer's machine, but fail under CI (``$CI``
-    set: CI has the file beside the repository) or when $AG_NEWS_CSV names a
-    file that is not there: a skip would hide the break.
-    """
-    path = Path(os.environ.get("AG_NEWS_CSV") or _SHARED_CSV)
-    if not path.is_file():
-        why = f"the AG News CSV is not at {path}"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false") or os.environ.get(
-                "AG_NEWS_CSV"):
-            pytest.fail(f"{why}, and CI or $AG_NEWS_CSV says it should be", pytrace=False)
-        pytest.skip(f"{why}: set AG_NEWS_CSV to ag_news_test.csv to run the tests that need it")
-    return path
+    """$AG_NEWS_CSV, else ../shared/data/ag_news/ag_news_test.csv beside the repository."""
+    return shared_file("AG_NEWS_CSV", _SHARED_CSV, "the AG News CSV")
 
 
 def test_csv_reader_loads_every_row_with_four_classes(ag_news_csv):
