@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, aclimdb_files, trainer_env, write_tree
-from trainer.preemption import PAUSE_ENV
+from trainer.preemption import PAUSE_ENV, PAUSE_SIGNALS_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -226,16 +226,20 @@ def test_a_signal_while_writing_outputs_lets_them_finish(medium_aclimdb, tmp_pat
 
 def test_a_second_signal_stops_at_once_saying_what_was_not_saved(medium_aclimdb, tmp_path):
     model_dir = tmp_path / "run"
-    trainer = Trainer(*flags_for(medium_aclimdb, model_dir))
-    trainer.wait_for("epoch 1/2 | step 2/")
+    # Paused where the first signal is deferred (the outputs would be finished), waiting
+    # for a second one: the second one is sure to land while the first is being honoured.
+    trainer = Trainer(*flags_for(medium_aclimdb, model_dir), pause_at="writing outputs",
+                      env={PAUSE_SIGNALS_ENV: "2"})
+    trainer.wait_for("paused at")
     trainer.signal(signal.SIGTERM)
     trainer.wait_for("a second one stops at once")
     trainer.signal(signal.SIGTERM)
     trainer.finish()
-    # Either the save was already done (the first signal's answer), or the second one won.
     assert trainer.process.returncode == 75, trainer.stderr[-3000:]
     assert "Traceback" not in trainer.stderr
     assert trainer.last_line().startswith("preempted: stopped")
+    assert "stopped at once by a second SIGTERM while writing the outputs" in trainer.last_line()
+    assert not (model_dir / "metrics.json").exists()  # Not marked done: the rerun writes it.
 
 
 # --- Divergence ---------------------------------------------------------------------------

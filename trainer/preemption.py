@@ -43,6 +43,7 @@ _DEFERRED = (TRAINING, WRITING, DONE)  # Stages where the first signal lets the 
 # Fault injection for tests: the process waits for a signal when it reaches the stage this
 # variable names, so a test can signal each stage for sure instead of racing a clock.
 PAUSE_ENV = "TRAINER_PAUSE_AT"
+PAUSE_SIGNALS_ENV = "TRAINER_PAUSE_SIGNALS"  # How many signals the pause waits for (1).
 
 
 def signal_name(signum: int) -> str:
@@ -77,9 +78,15 @@ class Signals:
             raise Stopped(self._message(self.received), self.received)
 
     def pause_point(self, name: str) -> None:
-        """With ``$TRAINER_PAUSE_AT`` set to ``name``, says so and waits for a signal (tests)."""
-        if os.environ.get(PAUSE_ENV) == name and self.received is None:
-            logging.warning("paused at %s (%s): waiting for a signal", name, PAUSE_ENV)
+        """With ``$TRAINER_PAUSE_AT`` set to ``name``, says so and waits for signals (tests).
+
+        It waits for ``$TRAINER_PAUSE_SIGNALS`` signals (default 1) unless one
+        stops the run first, so a test can also send a second one at this stage.
+        """
+        if os.environ.get(PAUSE_ENV) != name or self.received is not None:
+            return
+        logging.warning("paused at %s (%s): waiting for a signal", name, PAUSE_ENV)
+        while self.count < int(os.environ.get(PAUSE_SIGNALS_ENV, "1")):
             signal.pause()
 
     def _handle(self, signum: int, frame: Any) -> None:

@@ -219,18 +219,30 @@ def note_remote_holder(model_dir: str) -> None:
 
 # --- Whole files --------------------------------------------------------------------------
 
-def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Writes ``path`` through ``write(file)`` to a temporary name, then renames it.
+@contextlib.contextmanager
+def renamed_into_place(path: str, suffix: str = "") -> Iterator[str]:
+    """Yields a temporary name beside ``path`` to write; renames it to ``path`` afterwards.
 
     A kill at any moment leaves the old file or the new one. (On gs:// the rename
     is a copy, and an object appears whole or not at all.)
+
+    Args:
+      path: the file's real name.
+      suffix: an ending the writer insists on (Keras saves only to ``.keras``).
     """
     import tensorflow as tf
 
-    temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, mode) as f:
-        write(f)
+    temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}{suffix}"
+    yield temporary
     tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Writes ``path`` through ``write(file)``, renamed into place when complete."""
+    import tensorflow as tf
+
+    with renamed_into_place(path) as temporary, tf.io.gfile.GFile(temporary, mode) as f:
+        write(f)
 
 
 def write_json(path: str, value: Any) -> None:

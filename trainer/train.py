@@ -359,15 +359,14 @@ def write_outputs(config: Config, net: keras.Model,
                                 lambda f: f.write("\n".join(vectorizer.get_vocabulary()) + "\n"))
     rundir.write_atomically(f"{model_dir}/{LABELS_FILE}",
                             lambda f: f.write("".join(f"{name}\n" for name in classes.class_names)))
-    temporary = f"{model_dir}/.{MODEL_FILE}.tmp-{os.getpid()}.keras"  # Keras wants .keras.
-    net.save(temporary)
-    tf.io.gfile.rename(temporary, f"{model_dir}/{MODEL_FILE}", overwrite=True)
+    with rundir.renamed_into_place(f"{model_dir}/{MODEL_FILE}", suffix=".keras") as temporary:
+        net.save(temporary)
     export_path = export.save(config, net, vectorizer, classes)
     if export_path:
         metrics["export_path"] = export_path
-    curves = f"{model_dir}/.{summaries.CURVES_FILE}.tmp-{os.getpid()}.png"
-    summaries.write_training_curves(metrics["history"], curves)
-    tf.io.gfile.rename(curves, f"{model_dir}/{summaries.CURVES_FILE}", overwrite=True)
+    with rundir.renamed_into_place(f"{model_dir}/{summaries.CURVES_FILE}",
+                                   suffix=".png") as curves:
+        summaries.write_training_curves(metrics["history"], curves)
     rundir.write_json(f"{model_dir}/{METRICS_FILE}", metrics)
     logging.info("wrote %s, %s, %s, %s, %s/ and %s to %s", VOCAB_FILE, LABELS_FILE, MODEL_FILE,
                  summaries.CURVES_FILE, export.EXPORT_DIR, METRICS_FILE, model_dir)
