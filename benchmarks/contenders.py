@@ -17,10 +17,12 @@ contender at a time, and collects the timings.
   weights' moving average, LeanLSTM)
   with ``--steps_per_loop=20``.
 
-Both harness contenders run ``trainer.data.batches`` and ``Loop.train_steps``,
-the path ``Loop.fit`` takes. The archive is read once; each process adapts the
-vocabulary on the same training reviews and vectorizes through ``trainer.data``
-before any clock starts, so every contender sees the same reviews as the same ids.
+Both harness contenders run ``trainer.train.epoch_batches`` and
+``Loop.train_steps``, the path ``Loop.fit`` takes. ``torch_lstm``
+(``benchmarks/torch_contender.py``) races where PyTorch is installed. The archive
+is read once; each process adapts the vocabulary on the same training reviews and
+vectorizes through ``trainer.data`` before any clock starts, so every contender
+sees the same reviews as the same ids.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ FORWARD_FLOPS_PER_TIMESTEP = 2 * 4 * 100 * (32 + 100)
 TRAIN_FLOPS_PER_TIMESTEP = 3 * FORWARD_FLOPS_PER_TIMESTEP
 
 NAMES = ("article_code", "harness_article", "harness_fast")
-TORCH = "torch_lstm"  # benchmarks/torch_contender.py; only where PyTorch is installed.
+TORCH = torch_contender.NAME  # Only where PyTorch is installed (``startable`` skips it).
 
 
 def log(message: str) -> None:
@@ -203,6 +205,8 @@ class Harness:
         self.loop = loop.Loop(config, self.strategy, net, optimizer, config.batch_size)
         self.epochs_done = 0
         self._in_memory: tf.data.Dataset | None = None
+        self._iterator: Any = None  # train_steps' place in its epoch; None between epochs.
+        self._widths: list[int] = []  # The padded widths of that epoch's batches still to go.
 
     def epoch_batches(self, epoch: int) -> tf.data.Dataset:
         """The batches ``Loop.fit`` trains on in ``epoch`` (same seed, same order)."""
@@ -210,7 +214,8 @@ class Harness:
 
     def warm_up(self) -> None:
         """Traces the train function, so rounds time training alone."""
-        self._run(self.epoch_batches(0).take(2))
+        self._steps(iter(self.strategy.experimental_distribute_dataset(
+            self.epoch_batches(0).take(2))))
 
     def train_epoch(self, batches: tf.data.Dataset | None = None) -> Epoch:
         """Trains one epoch: the next epoch's batches, or ``batches`` if given."""
@@ -219,44 +224,41 @@ class Harness:
             batches = self.epoch_batches(self.epochs_done)
         # The widths the LSTM will run over; a separate pass, outside the clock.
         timesteps = sum(int(tf.size(ids)) for ids, _ in batches)
-        seconds, examples = self._run(batches)
-        return Epoch(seconds, examples, timesteps)
+        start = time.perf_counter()  # Includes the pipeline's start: the epoch's order.
+        examples, _ = self._steps(iter(self.strategy.experimental_distribute_dataset(batches)))
+        return Epoch(time.perf_counter() - start, examples, timesteps)
 
     def train_steps(self, steps: int) -> tuple[Epoch, bool]:
         """Trains the next ``steps`` steps of the epoch (a new epoch when the last ended).
 
         Returns the work and whether the epoch ended.
         """
-        if getattr(self, "_iterator", None) is None:
+        if self._iterator is None:
             self.epochs_done += 1
             batches = self.epoch_batches(self.epochs_done)
             self._widths = [int(tf.size(ids)) for ids, _ in batches]  # Outside the clock.
             self._iterator = iter(self.strategy.experimental_distribute_dataset(batches))
-        start, examples, done = time.perf_counter(), 0, 0
-        while done < steps:
-            sums = self.loop.train_steps(self._iterator, min(self.loop.steps_per_call,
-                                                             steps - done))
-            if not int(sums[3]):
-                self._iterator = None
-                break
-            done += int(sums[3])
-            examples += int(sums[2])
+        start = time.perf_counter()
+        examples, done = self._steps(self._iterator, steps)
+        seconds = time.perf_counter() - start
         timesteps = sum(self._widths[:done])
         del self._widths[:done]
         if not self._widths:
             self._iterator = None
-        return Epoch(time.perf_counter() - start, examples, timesteps), self._iterator is None
+        return Epoch(seconds, examples, timesteps), self._iterator is None
 
-    def _run(self, batches: tf.data.Dataset) -> tuple[float, int]:
-        start = time.perf_counter()  # Includes the pipeline's start: the epoch's order.
-        iterator = iter(self.strategy.experimental_distribute_dataset(batches))
-        examples = 0
-        while True:
-            sums = self.loop.train_steps(iterator, self.loop.steps_per_call)
-            if not int(sums[3]):
+    def _steps(self, iterator: Any, most: int | None = None) -> tuple[int, int]:
+        """Trains from ``iterator`` until it ends or ``most`` steps; (examples, steps)."""
+        examples = done = 0
+        while most is None or done < most:
+            call = self.loop.steps_per_call if most is None else min(
+                self.loop.steps_per_call, most - done)
+            sums = self.loop.train_steps(iterator, call)
+            if not int(sums.steps):
                 break
-            examples += int(sums[2])
-        return time.perf_counter() - start, examples
+            done += int(sums.steps)
+            examples += int(sums.count)
+        return examples, done
 
     def train_epoch_in_memory(self) -> Epoch:
         """Trains one epoch on batches held in memory: the same work, no input pipeline.
@@ -273,8 +275,7 @@ class Harness:
     def test_accuracy(self) -> float:
         """Of the weights ``trainer.main`` would keep now: the moving average, if on."""
         with self.loop.averaged_weights():
-            batches = data.batches(self.test, self.config,
-                                   global_batch_size=self.config.batch_size)
+            batches = train.evaluation_batches(self.test, self.config)
             return self.loop.evaluate(batches, "test")["test/accuracy"]
 
     def settings(self) -> dict:
@@ -313,19 +314,15 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
     return harness_config(base, seed, **{**changes, **variant})
 
 
-class UnavailableError(RuntimeError):
-    """A contender that cannot run here (PyTorch not installed); the benchmarks skip it."""
-
-
 def startable(names: list[str], splits: data.Splits, seed: int,
               **changes: object) -> list[Isolated]:
-    """An ``Isolated`` per name, skipping (with a message) those that cannot run here."""
+    """An ``Isolated`` per name, skipping (with a message) ``torch_lstm`` without PyTorch."""
     racers = []
     for name in names:
-        try:
-            racers.append(Isolated(name, splits, seed, **changes))
-        except UnavailableError as why:
-            log(str(why))
+        if name == TORCH and (why := torch_contender.available()):
+            log(why)
+            continue
+        racers.append(Isolated(name, splits, seed, **changes))
     return racers
 
 
@@ -334,14 +331,12 @@ class Isolated:
 
     The process starts at once (vectorizing its reviews, building the model)
     and answers one call at a time, so contenders never train at the same
-    time. The methods are those of ``ArticleCode`` and ``Harness``;
-    ``train_epoch_in_memory`` is the harness's only.
+    time. The methods are those of ``ArticleCode``, ``Harness`` and
+    ``torch_contender.TorchLSTM``; ``train_epoch_in_memory`` is the harness's only.
     """
 
     def __init__(self, name: str, splits: data.Splits, seed: int, **changes: object) -> None:
         contender_config(name, seed, **changes)  # A bad name fails here, not in the child.
-        if name == TORCH and (why := torch_contender.available()):
-            raise UnavailableError(why)
         self.name = name
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -397,8 +392,7 @@ def _serve(conn: Connection, name: str, splits: data.Splits, seed: int,
             config, num_gpus=len(tf.config.list_physical_devices("GPU"))))
     reviews = vectorize(splits)
     if name == TORCH:
-        from benchmarks.torch_contender import TorchLSTM
-        racer = TorchLSTM(reviews, seed)
+        racer = torch_contender.TorchLSTM(reviews, seed)
     else:
         racer = ArticleCode(reviews, seed) if config is None else Harness(name, reviews, config)
     while (message := conn.recv()) != "stop":

@@ -1,7 +1,7 @@
 """GPU acceptance check: ``python -m benchmarks.gpu_check --data_path=aclImdb_v1.tar.gz``.
 
 Run it on a GPU machine after installing ``.[gpu]`` (``launch/gpu.sh --check`` does
-both). Four short trainer runs, each in its own process, answer:
+both). Three short trainer runs, each in its own process, answer:
 
 1. Does TensorFlow see a GPU? (in this process, before anything else)
 2. Does the LSTM run as the fused cuDNN op? A float32 run profiles a few steps;
@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 1, 2, 3
+EXIT_FAILED, EXIT_NO_GPU = 1, 3  # 2, bad flags: argparse's own
 # Small runs: the point is what runs where, not accuracy.
 RUN_FLAGS = ["--smoke_test", "--epochs=1", "--max_train_examples=2000",
              "--max_test_examples=500", "--log_every_steps=10", "--require_gpu"]

@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="Timed epochs per contender.")
     parser.add_argument("--contenders",
                         default=",".join((*contenders.NAMES, contenders.TORCH)),
-                        help=f"Comma-separated, from {', '.join(contenders.NAMES)}, or variants "
-                             "such as harness_fast:bucket_window_batches=10.")
+                        help=f"Comma-separated, from {', '.join(contenders.NAMES)}, "
+                             f"{contenders.TORCH}, or variants such as "
+                             "harness_fast:bucket_window_batches=10.")
     parser.add_argument("--steps_per_loop", type=int, default=0,
                         help="Override the harness's --steps_per_loop (0 = its default).")
     parser.add_argument("--seed", type=int, default=42)

@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_reviews", type=int, default=0, help="0 = all 25,000.")
     parser.add_argument("--test_reviews", type=int, default=0, help="0 = all 25,000.")
     parser.add_argument("--contenders", default="article_code,harness_fast,torch_lstm",
-                        help=f"Comma-separated, from {', '.join(contenders.NAMES)}, or variants "
-                             "such as harness_fast:bucket_window_batches=10.")
+                        help=f"Comma-separated, from {', '.join(contenders.NAMES)}, "
+                             f"{contenders.TORCH}, or variants such as "
+                             "harness_fast:bucket_window_batches=10.")
     parser.add_argument("--seeds", default="42",
                         help="Comma-separated; the race is run once per seed (initialization and "
                              "shuffling), and accuracies are also averaged over seeds.")

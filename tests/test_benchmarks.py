@@ -35,7 +35,9 @@ def test_the_torch_contender_trains_and_its_loss_falls(tiny_reviews):
     assert racer.settings()["packed"] is True
 
 
-def test_without_torch_the_contender_is_skipped_with_a_message(monkeypatch, tiny_reviews):
+def test_without_torch_the_contender_is_skipped_with_a_message(monkeypatch, capsys,
+                                                                tiny_reviews):
     monkeypatch.setattr(torch_contender, "available", lambda: "skipping torch_lstm: no torch")
     racers = contenders.startable([contenders.TORCH], tiny_reviews.splits, seed=1)
     assert racers == []
+    assert capsys.readouterr().err == "skipping torch_lstm: no torch\n"
