@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, trainer_env
-from trainer import cluster, distribute
+from trainer import cluster, distribute, lstm
 from trainer.config import Config
 from trainer.errors import ClusterError, UserError
 
@@ -176,10 +176,25 @@ def test_tf_config_read_before_tensorflow_starts_names_the_chief():
     assert not cluster.is_chief_task(with_chief)
 
 
-def test_the_old_names_stay_importable_from_distribute_for_the_transition():
-    for name in ("is_chief", "num_workers", "private_dir", "remove_private_dir",
-                 "lost_workers_stop", "parse_tf_config", "strategy_name", "make_strategy"):
-        assert callable(getattr(distribute, name)), name
+def test_a_resolved_cluster_names_the_same_chief_as_tf_config():
+    import tensorflow as tf
+
+    for tf_config in (GOOD, {**GOOD, "task": {"type": "worker", "index": 0}},
+                      {"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                       "task": {"type": "worker", "index": 0}},
+                      {"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                       "task": {"type": "chief", "index": 0}}):
+        task = tf_config["task"]
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(tf_config["cluster"]), task_type=task["type"],
+            task_id=task["index"])
+        strategy = type("FakeStrategy", (), {"cluster_resolver": resolver})()
+        assert cluster.is_chief(strategy) == cluster.is_chief_task(tf_config), tf_config
+
+
+def test_the_names_train_and_loop_still_call_through_distribute_are_the_clusters():
+    for name in ("num_workers", "private_dir", "remove_private_dir", "lost_workers_stop"):
+        assert getattr(distribute, name) is getattr(cluster, name), name
 
 
 def test_a_lost_worker_is_named_in_one_readable_line():
@@ -228,12 +243,16 @@ def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_r
     assert distribute.choose(config, cluster, num_gpus=gpus) == expected
 
 
-@pytest.mark.parametrize("changes, gpus, expected", [
-    ({}, 0, 1),                                   # LeanLSTM on a CPU: one thread per op.
-    ({}, 1, 0),                                   # A GPU runs cuDNN: TensorFlow's choice.
-    ({"lean_lstm": False}, 0, 0),                 # Keras' LSTM (--article_settings).
-    ({"intra_op_threads": 2}, 0, 2),              # An explicit value is kept...
-    ({"intra_op_threads": 0, "lean_lstm": True}, 0, 0),  # ...0 included.
+@pytest.mark.parametrize("changes, gpus, cores, expected", [
+    ({}, 0, 2, 1),                                # LeanLSTM on a CPU: one thread per op.
+    ({}, 0, 16, 2),                               # 8 chains of 8 rows; the rest as threads.
+    ({"cpu_replicas": 2}, 0, 16, 2),              # 8 cores a replica: 4 chains of 8 rows each.
+    ({}, 1, 2, 0),                                # A GPU runs cuDNN: TensorFlow's choice.
+    ({"lean_lstm": False}, 0, 2, 0),              # Keras' LSTM (--article_settings).
+    ({"intra_op_threads": 2}, 0, 2, 2),           # An explicit value is kept...
+    ({"intra_op_threads": 0, "lean_lstm": True}, 0, 2, 0),  # ...0 included.
 ])
-def test_intra_op_threads_default_to_one_for_leanlstm_on_a_cpu(changes, gpus, expected):
+def test_intra_op_threads_default_to_one_for_leanlstm_on_a_cpu(monkeypatch, changes, gpus,
+                                                               cores, expected):
+    monkeypatch.setattr(lstm, "usable_cores", lambda: cores)  # This machine has 2.
     assert distribute.intra_op_threads(Config(**changes), num_gpus=gpus) == expected

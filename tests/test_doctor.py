@@ -38,6 +38,7 @@ def test_reports_this_machine_and_the_default_lstm_kernel(tmp_path):
     assert "CUDA/cuDNN  this TensorFlow is a CPU-only build" in out
     assert "LSTM        LeanLSTM's fused BlockLSTM" in out
     assert "Intra-op    1 thread(s) per op" in out
+    assert " 1 intra-op thread(s)), no GPU here" in out  # The pool the trainer would size.
     assert "TF_CONFIG   not set" in out
     assert f"model_dir   {tmp_path / 'new' / 'run'}: writable" in out
     assert not (tmp_path / "new").exists()  # Checked, not created.
@@ -94,9 +95,41 @@ def test_an_unwritable_model_dir_is_reported(folders_for_an_unprivileged_process
     read_only.chmod(0o555)
     process = doctor(f"--model_dir={read_only / 'run'}", prefix=drop)
     assert process.returncode == 2, process.stderr[-2000:]
-    assert f"model_dir   {read_only / 'run'}: NOT writable (Permission denied in {read_only})" \
-        in process.stdout
-    assert process.stderr.rstrip().splitlines()[-1] == (
-        f"error: --model_dir={read_only / 'run'} is not writable: Permission denied in "
-        f"{read_only}")
+    # The trainer's own check (rundir.check_local_folder), word for word.
+    refusal = (f"--model_dir={read_only / 'run'} is not writable (Permission denied); pick a "
+               "folder you can write, or fix its permissions.")
+    assert f"model_dir   {read_only / 'run'}: REFUSED: {refusal}" in process.stdout
+    assert process.stderr.rstrip().splitlines()[-1] == f"error: {refusal}"
     assert list(read_only.iterdir()) == []
+
+
+def test_tensorflow_loads_after_the_flags_and_every_output_folder_is_checked(tmp_path):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    process = doctor("--tf_log_level=0", f"--model_dir={tmp_path / 'run'}",
+                     f"--checkpoint_dir={in_the_way}")
+    assert process.returncode == 2, process.stderr[-2000:]
+    # TensorFlow's own start-up lines, which only a level set before it loads lets through.
+    assert "cpu_feature_guard" in process.stderr, process.stderr[-2000:]
+    assert process.stderr.rstrip().splitlines()[-1] == (
+        f"error: --checkpoint_dir={in_the_way} is a file, not a folder; give a folder path (it "
+        "is created if missing).")
+    assert sorted(tmp_path.iterdir()) == [in_the_way]  # run/ was checked, then removed.
+
+
+def test_the_port_is_tried_only_where_the_trainer_starts_multi_worker(tmp_path):
+    with socket.socket() as taken:  # Another program holds this task's port.
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = {"TF_CONFIG": json.dumps({"cluster": {"worker": [address, "127.0.0.1:1"]},
+                                        "task": {"type": "worker", "index": 0}})}
+        multi_worker = doctor(f"--model_dir={tmp_path}", env=env)
+        mirrored = doctor("--strategy=mirrored", f"--model_dir={tmp_path}", env=env)
+    assert multi_worker.returncode == 2, multi_worker.stderr[-2000:]
+    assert multi_worker.stderr.rstrip().splitlines()[-1].startswith(
+        f"error: TF_CONFIG: worker 0's address {address} cannot be used: port ")
+    assert "TF_CONFIG   INVALID: TF_CONFIG: worker 0's address" in multi_worker.stdout
+    # --strategy=mirrored never starts a gRPC server, so the trainer would not stop.
+    assert mirrored.returncode == 0, mirrored.stderr[-2000:]
+    assert "TF_CONFIG   2 task(s) (2 worker)" in mirrored.stdout

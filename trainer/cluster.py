@@ -237,14 +237,14 @@ def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the shared outputs.
 
-    The ``chief`` task, or worker 0 when the cluster has no chief; any process
-    that is not part of a cluster.
+    ``is_chief_task``'s rule, asked of the cluster TensorFlow resolved for the
+    strategy rather than of TF_CONFIG: any process outside a cluster is chief.
     """
     task_type, task_id = task(strategy)
-    if task_type is None or task_type == "chief":
+    if task_type is None:
         return True
-    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+    return is_chief_task({"cluster": strategy.cluster_resolver.cluster_spec().as_dict(),
+                          "task": {"type": task_type, "index": task_id}})
 
 
 def private_dir(path: str, strategy: tf.distribute.Strategy) -> str:

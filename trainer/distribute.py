@@ -19,20 +19,13 @@ from absl import logging
 
 from trainer import cluster, lstm
 
-# Transition: the cluster's names, importable from here as before the split. New code
-# imports trainer.cluster.
+# Transition: the cluster's names that trainer/train.py and trainer/loop.py still call
+# through this module. New code imports trainer.cluster; these go once those call it too.
 from trainer.cluster import (  # noqa: F401
-    check_port_free,
-    is_chief,
-    leader_job,
     lost_workers_stop,
-    num_tasks,
     num_workers,
-    parse_tf_config,
     private_dir,
     remove_private_dir,
-    task,
-    task_address,
 )
 from trainer.config import Config
 from trainer.errors import UserError
@@ -93,11 +86,6 @@ def make_runtime(config: Config) -> Runtime:
     return Runtime(strategy=strategy, num_gpus=num_gpus, chief=cluster.is_chief(strategy),
                    precision=resolve_precision(config, num_gpus),
                    num_workers=cluster.num_workers(strategy))
-
-
-def make_strategy(config: Config) -> tf.distribute.Strategy:
-    """Transition: ``make_runtime(config).strategy`` for callers not yet on Runtime."""
-    return make_runtime(config).strategy
 
 
 def _make_local_strategy(config: Config, name: str) -> tf.distribute.Strategy:
@@ -184,11 +172,15 @@ def built_for() -> str:
             f"{info.get('cudnn_version', '?')}")
 
 
+def physical_devices() -> str:
+    """The physical devices TensorFlow sees, e.g. ``CPU:0, GPU:0``; ``none`` if it sees none."""
+    return ", ".join(d.name.removeprefix("/physical_device:")
+                     for d in tf.config.list_physical_devices()) or "none"
+
+
 def no_gpu_message() -> str:
     """What --require_gpu says on a machine where TensorFlow sees no GPU."""
-    devices = ", ".join(d.name.removeprefix("/physical_device:")
-                        for d in tf.config.list_physical_devices()) or "none"
-    return (f"--require_gpu: TensorFlow sees 0 GPUs (physical devices: {devices}); "
+    return (f"--require_gpu: TensorFlow sees 0 GPUs (physical devices: {physical_devices()}); "
             f"{built_for()}. Check that nvidia-smi lists the GPU, that the '.[gpu]' extra is "
             "installed (not '.[cpu]'), that LD_LIBRARY_PATH reaches the nvidia pip libraries "
             "(site-packages/nvidia/*/lib) with no other CUDA ahead of them, and run python -m "

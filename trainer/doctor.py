@@ -4,69 +4,76 @@
 
 One screen: Python, TensorFlow and Keras; the CPUs and GPUs TensorFlow sees;
 the CUDA and cuDNN this TensorFlow was built for; which LSTM kernel would run;
-threads, strategy and precision; TF_CONFIG; whether --model_dir is writable.
-It reads no data and trains nothing. It exits 2, with the reason as its last
-line, where the same flags would make the trainer stop at start-up
-(``--require_gpu`` without a GPU, a bad TF_CONFIG, an unwritable --model_dir).
+threads, strategy and precision; TF_CONFIG; whether the run's folders pass the
+trainer's own start-up checks. It reads no data, trains nothing and leaves no
+folder behind. It exits 2, with the reason as its last line, where the same
+flags would make the trainer stop at start-up (``--require_gpu`` without a
+GPU, a bad TF_CONFIG or a taken port, a folder the run cannot write).
+TensorFlow loads after the flags are parsed, as in ``trainer.main``, so
+``--tf_log_level=0`` shows its own start-up lines (why a GPU library did not
+load, for instance).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
-
 import platform
-import secrets
 import sys
-import tempfile
-import threading
 from typing import Any
 
-import keras
-import tensorflow as tf
 from absl import app
 from absl import flags as absl_flags
 
-from trainer import cluster, distribute, flags, model
+from trainer import flags, rundir
 from trainer.config import Config
 from trainer.errors import UserError, exit_with, parse_flags
 
-GCS_CHECK_SECS = 20  # Bound on trying a gs:// --model_dir, so no network means an answer.
+_FOLDER_FLAGS = ("model_dir", "checkpoint_dir", "tensorboard_dir")
 
 
 def report(config: Config, new_run_dir: bool = False) -> tuple[list[str], list[str]]:
     """The screen's lines, and the problems that would stop the trainer (one line each).
 
+    Imports TensorFlow: call it after ``flags.set_tf_log_level``.
+
     Args:
       config: the run's settings, from the trainer's flags.
       new_run_dir: ``config.model_dir`` is the default, a new folder for each run.
     """
+    import keras
+    import tensorflow as tf
+
+    from trainer import distribute, lstm
+
     problems: list[str] = []
     gpus = tf.config.list_physical_devices("GPU")
     gpu_problem = distribute.gpu_problem(config, len(gpus))
     if gpu_problem:
         problems.append(gpu_problem)
     used_gpus = min(config.num_gpus or len(gpus), len(gpus))
-    # As make_strategy: the pool is sized before TensorFlow starts.
     threads = distribute.intra_op_threads(config, used_gpus)
+    # As make_runtime, before TensorFlow starts: the LSTM line reads the pool's size back.
     distribute.set_intra_op_threads(threads)
     tf_config_line, tf_config = _tf_config(problems)
-    model_dir_line = _model_dir(config.model_dir, problems)
+    strategy = distribute.choose(config, tf_config, used_gpus)
+    if strategy == "multi_worker" and tf_config:
+        tf_config_line = _port(tf_config, tf_config_line, problems)
+    model_dir_line = _folders(config, problems)
     if new_run_dir:  # Named afresh by every run: show where, not this one's name.
         model_dir_line = model_dir_line.replace(
             config.model_dir, f"{os.path.dirname(config.model_dir)}/<a new folder per run>")
     lines = [
         f"Python      {platform.python_version()} ({sys.executable})",
         f"TensorFlow  {tf.__version__}, Keras {keras.__version__}",
-        f"CPUs        {os.cpu_count()} on this machine, {len(os.sched_getaffinity(0))} usable "
+        f"CPUs        {os.cpu_count()} on this machine, {lstm.usable_cores()} usable "
         "by this process",
         *_gpu_lines(gpus),
         f"CUDA/cuDNN  {distribute.built_for()}",
         f"LSTM        {_lstm_kernel(config, used_gpus)}",
         "Intra-op    " + (f"{threads} thread(s) per op" if threads
                           else "TensorFlow's choice (one per core)"),
-        f"Strategy    {distribute.choose(config, tf_config, used_gpus)}, precision "
+        f"Strategy    {strategy}, precision "
         f"{distribute.resolve_precision(config, used_gpus)}",
         f"TF_CONFIG   {tf_config_line}",
         f"model_dir   {model_dir_line}",
@@ -75,10 +82,12 @@ def report(config: Config, new_run_dir: bool = False) -> tuple[list[str], list[s
 
 
 def _gpu_lines(gpus: list[Any]) -> list[str]:
+    import tensorflow as tf
+
+    from trainer import distribute
+
     if not gpus:
-        devices = ", ".join(d.name.removeprefix("/physical_device:")
-                            for d in tf.config.list_physical_devices())
-        return [f"GPUs: 0     (TensorFlow's physical devices: {devices})"]
+        return [f"GPUs: 0     (TensorFlow's physical devices: {distribute.physical_devices()})"]
     lines = [f"GPUs: {len(gpus)}"]
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)
@@ -92,6 +101,10 @@ def _gpu_lines(gpus: list[Any]) -> list[str]:
 
 def _lstm_kernel(config: Config, used_gpus: int) -> str:
     """The recurrence the run's LSTM would use, read off the model these flags build."""
+    import keras
+
+    from trainer import distribute, model
+
     keras.mixed_precision.set_global_policy(distribute.resolve_precision(config, used_gpus))
     net = model.build(config)
     blockers = model.cudnn_blockers(net, config)
@@ -104,10 +117,10 @@ def _lstm_kernel(config: Config, used_gpus: int) -> str:
 
 def _tf_config(problems: list[str]) -> tuple[str, dict[str, Any] | None]:
     """A summary of TF_CONFIG (who is chief, how many tasks), and the parsed value."""
+    from trainer import cluster
+
     try:
         tf_config = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
-        if tf_config:
-            cluster.check_port_free(tf_config)
     except UserError as error:
         problems.append(str(error))
         return f"INVALID: {error}", None
@@ -122,51 +135,48 @@ def _tf_config(problems: list[str]) -> tuple[str, dict[str, Any] | None]:
             f"{task['index']} at {cluster.task_address(tf_config)}"), tf_config
 
 
-def _model_dir(path: str, problems: list[str]) -> str:
-    """Whether the run could write to ``path``, tried by creating and deleting a file."""
-    if "://" in path:
-        error = _bounded(lambda: _try_write_remote(path), GCS_CHECK_SECS)
-    else:
-        error = _try_write_local(path)
-    if error:
-        problems.append(f"--model_dir={path} is not writable: {error}")
-        return f"{path}: NOT writable ({error})"
-    return f"{path}: writable"
+def _port(tf_config: dict[str, Any], line: str, problems: list[str]) -> str:
+    """TF_CONFIG's line, or why this task's port cannot be used.
 
+    The trainer tries the port only where it starts multi-worker training
+    (``cluster.make_multi_worker_strategy``), so the doctor does too.
+    """
+    from trainer import cluster
 
-def _try_write_local(path: str) -> str | None:
-    """None if a file can be created where the run writes; else why not."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        return "it is a file"
-    existing = path  # The run creates the missing folders, in the nearest existing one.
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing) or "."
     try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".imdb-doctor-"):
-            pass
-    except OSError as error:
-        return f"{error.strerror} in {existing}"
-    return None
+        cluster.check_port_free(tf_config)
+    except UserError as error:
+        problems.append(str(error))
+        return f"INVALID: {error}"
+    return line
 
 
-def _try_write_remote(path: str) -> str | None:
-    probe = f"{path}/.imdb-doctor-{secrets.token_hex(4)}"
+def _folders(config: Config, problems: list[str]) -> str:
+    """The model_dir line: the trainer's own start-up checks of the run's folders.
+
+    ``rundir.check_local_folder`` creates the folder it checks, as a run would;
+    the folders that did not exist before are removed again, so the doctor
+    leaves nothing behind.
+    """
+    paths = [(f"--{name}", getattr(config, name)) for name in _FOLDER_FLAGS]
+    missing = set()
+    for _, path in paths:
+        folder = os.path.abspath(path) if rundir.is_local(path) else None
+        while folder and not os.path.exists(folder):
+            missing.add(folder)
+            folder = os.path.dirname(folder)
     try:
-        with tf.io.gfile.GFile(probe, "w") as f:
-            f.write("")
-        tf.io.gfile.remove(probe)
-    except tf.errors.OpError as error:
-        return error.message.splitlines()[0]
-    return None
-
-
-def _bounded(check: Any, seconds: float) -> str | None:
-    """Runs ``check`` in a daemon thread; a check still running after ``seconds`` is an error."""
-    result: list[str | None] = []
-    thread = threading.Thread(target=lambda: result.append(check()), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return result[0] if result else f"no answer within {seconds:g} s (network, credentials?)"
+        for flag, path in paths:
+            rundir.check_local_folder(path, flag)
+        rundir.check_remote_folder(config.model_dir)
+    except UserError as error:
+        problems.append(str(error))
+        return f"{config.model_dir}: REFUSED: {error}"
+    finally:
+        for folder in sorted(missing, key=len, reverse=True):  # Each inside its parent first.
+            with contextlib.suppress(OSError):  # Not empty: not the doctor's to remove.
+                os.rmdir(folder)
+    return f"{config.model_dir}: writable"
 
 
 def main(argv: list[str]) -> None:
@@ -176,6 +186,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
                             "(see --helpfull).")
         config = flags.to_config()
+        flags.set_tf_log_level(absl_flags.FLAGS.tf_log_level)  # TensorFlow loads after this.
         lines, problems = report(config, new_run_dir=not (absl_flags.FLAGS.model_dir
                                                           or os.environ.get("AIP_MODEL_DIR")))
     except UserError as error:

@@ -228,13 +228,22 @@ flags.DEFINE_bool(
     "Deprecated, does nothing: the defaults are these settings (length bucketing, right "
     "padding, clipping, the dense embedding gradient, the weights' average, LeanLSTM).")
 
-# Transition, for callers not yet on trainer.config.PRESETS (benchmarks/, tests).
-SMOKE_TEST_PRESET = config_lib.PRESETS["smoke_test"]
-ARTICLE_PRESET = config_lib.PRESETS["article_settings"]
-# What --fast_settings pinned: the defaults.
-FAST_PRESET = {name: getattr(_D, name) for name in (
-    "bucket_by_length", "padding", "clip_norm", "dense_embedding_gradient", "ema_momentum",
-    "lean_lstm")}
+TF_QUIET_LEVEL = "2"  # TF_CPP_MIN_LOG_LEVEL by default: errors only, no start-up notes.
+
+
+def set_tf_log_level(level: int | None) -> None:
+    """Sets TF_CPP_MIN_LOG_LEVEL for TensorFlow, which reads it once, when it loads.
+
+    Every program with these flags calls it after parsing them and before
+    importing TensorFlow (or any module that does).
+
+    Args:
+      level: --tf_log_level; None keeps $TF_CPP_MIN_LOG_LEVEL, else TF_QUIET_LEVEL.
+    """
+    if level is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_QUIET_LEVEL)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
 
 
 def show_grouped_help(doc: str | None) -> None:
@@ -307,7 +316,7 @@ def _is_cluster() -> bool:
     try:
         return bool(json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster"))
     except (ValueError, AttributeError):
-        return False  # Malformed: trainer.distribute says precisely what is wrong.
+        return False  # Malformed: trainer.cluster says precisely what is wrong.
 
 
 def _new_run_dir() -> str:

@@ -107,21 +107,17 @@ class Summaries:
         while tracing marks the call as step ``step`` for the profiler, without
         which TensorBoard's Profile tab finds no step and no step time.
         """
-        self.before_train_steps(step)
-        if self.profiler.started_at is None:
-            yield
-            return
-        with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
-            yield
-
-    def before_train_steps(self, step: int) -> None:
-        """The clock part of ``train_call``: no profiler step marker (use ``train_call``)."""
         now = time.perf_counter()
         if self._interval_start is None:
             self._interval_start = (step, now)
         if self._training_start is None:
             self._training_start = (step, now)
         self.profiler.before_train_steps(step)
+        if self.profiler.started_at is None:
+            yield
+            return
+        with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+            yield
 
     def train_progress(self, step: int, epoch: int, epoch_step: int, steps_in_epoch: int,
                        metrics: dict[str, float]) -> None:
