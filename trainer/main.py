@@ -56,8 +56,6 @@ from absl import logging as absl_logging  # noqa: E402
 from trainer import flags  # noqa: E402 (no TensorFlow: it loads after --tf_log_level)
 from trainer.errors import UserError, exit_code_and_line, exit_with, parse_flags  # noqa: E402
 
-TF_QUIET_LEVEL = "2"  # TF_CPP_MIN_LOG_LEVEL by default: errors only, no start-up notes.
-
 
 def main(argv: list[str]) -> None:
     """Parses nothing itself: flags -> Config -> train_and_evaluate; one line on any stop.
@@ -70,7 +68,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
                             "(see --help).")
         config = flags.to_config()  # Bad flags stop here, before TensorFlow's seconds.
-        set_tf_log_level(absl_flags.FLAGS.tf_log_level)
+        flags.set_tf_log_level(absl_flags.FLAGS.tf_log_level)
         # TensorFlow loads here, once its C++ log level is set.
         from trainer import train
 
@@ -81,18 +79,6 @@ def main(argv: list[str]) -> None:
         if ending is None:
             raise
         exit_with(ending[1], ending[0])
-
-
-def set_tf_log_level(level: int | None) -> None:
-    """Sets TF_CPP_MIN_LOG_LEVEL for TensorFlow, which reads it once, when it loads.
-
-    Args:
-      level: --tf_log_level; None keeps $TF_CPP_MIN_LOG_LEVEL, else TF_QUIET_LEVEL.
-    """
-    if level is None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_QUIET_LEVEL)
-    else:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
 
 
 def run() -> None:

@@ -72,7 +72,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
 def _run(config: Config, start: float) -> dict[str, Any]:
     runtime = _start(config)
-    strategy, precision, chief = runtime.strategy, runtime.precision, runtime.chief
+    precision, chief = runtime.precision, runtime.chief
     finished = rundir.read_json(f"{config.model_dir}/{METRICS_FILE}")
     if finished is not None and not config.overwrite:
         # Done already, e.g. killed after writing its outputs: the same command succeeds
@@ -98,7 +98,7 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     if chief and start_over:
         _remove_old_run(config)
         manifest = rundir.Manifest(config.model_dir)
-    _barrier(strategy)  # Every worker sees the chief's folder as it will train from it.
+    _barrier(runtime)  # Every worker sees the chief's folder as it will train from it.
     resuming = bool(checkpoints.listed(config.checkpoint_dir, repair=False))
     if resuming and (changed := manifest.differences(state)):
         raise manifest.refuse(changed, config.model_dir)
@@ -128,7 +128,7 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
                         class_weight=data.class_weights(splits))
     plan = trainer.plan(datasets.train_examples)
     _log_model(net, config, runtime)
-    checkpoint_dir = distribute.private_dir(config.checkpoint_dir, strategy)
+    checkpoint_dir = cluster.private_dir(config.checkpoint_dir, strategy)
     try:
         manager, best_manager = checkpoints.make_managers(trainer.checkpoint,
                                                           trainer.best_weights, config,
@@ -141,7 +141,7 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
                                        steps_per_call=plan.steps_per_call,
                                        total_steps=plan.total_steps)
         try:
-            with distribute.lost_workers_stop(strategy, config.checkpoint_dir):
+            with cluster.lost_workers_stop(strategy, config.checkpoint_dir):
                 fit = trainer.fit(datasets, plan, reporter, manager, best_manager)
                 SIGNALS.enter(EVALUATING)
                 logging.info("evaluating the kept weights on %d test reviews", len(splits.test))
@@ -153,7 +153,7 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
         finally:
             reporter.close()
     finally:
-        distribute.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
+        cluster.remove_private_dir(checkpoint_dir, config.checkpoint_dir)
     return net, fit, tally
 
 
@@ -270,9 +270,10 @@ def _remove_old_run(config: Config) -> None:
                  config.model_dir)
 
 
-def _barrier(strategy: tf.distribute.Strategy) -> None:
+def _barrier(runtime: distribute.Runtime) -> None:
     """Waits for every worker (a one-number all-reduce); nothing to wait for in one process."""
-    if distribute.num_workers(strategy) > 1:
+    if runtime.num_workers > 1:
+        strategy = runtime.strategy
         strategy.reduce(tf.distribute.ReduceOp.SUM,
                         strategy.run(lambda: tf.constant(1.0)), axis=None)
 
