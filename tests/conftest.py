@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -94,6 +95,18 @@ def tiny_aclimdb(tmp_path: Path) -> Path:
 def tiny_archive(tmp_path: Path) -> Path:
     """An aclImdb .tar.gz like the official one (with train/unsup), 12 reviews per class."""
     return write_archive(tmp_path / "aclImdb_v1.tar.gz", aclimdb_files(unsup=True))
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on, held open together so the OS hands out distinct ones."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("localhost", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

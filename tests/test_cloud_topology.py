@@ -10,14 +10,13 @@ processes on loopback ports get exactly that shape and one shared --model_dir.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, trainer_env
+from tests.conftest import REPO, free_ports, trainer_env
 
 # The job spec as Vertex AI puts it into TF_CONFIG; either form must be accepted.
 JOB = {"worker_pool_specs": [
@@ -26,18 +25,6 @@ JOB = {"worker_pool_specs": [
     {"machine_spec": {"machine_type": "n1-standard-8"}, "replica_count": 1,
      "container_spec": {"image_uri": "europe-west4-docker.pkg.dev/p/tf-imdb/trainer:abc1234"}},
 ]}
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on, held open together so they are distinct."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("localhost", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def vertex_tf_config(chief: str, worker: str, task_type: str, job: object) -> str:

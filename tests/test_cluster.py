@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, trainer_env
+from tests.conftest import REPO, free_ports, trainer_env
 
 # 576 training reviews (64 held out) of at most 64 tokens: 36 steps per epoch at batch 16.
 SMALL = ["--max_train_examples=640", "--max_test_examples=320", "--max_len=64",
@@ -29,12 +28,7 @@ class Group:
 
     def __init__(self, model_dir: Path, flags: list[str], num_workers: int = 2,
                  start: tuple[int, ...] | None = None, attempt: int = 1) -> None:
-        sockets = [socket.socket() for _ in range(num_workers)]
-        for s in sockets:  # Bound together, so the OS hands out distinct free ports.
-            s.bind(("localhost", 0))
-        workers = [f"localhost:{s.getsockname()[1]}" for s in sockets]
-        for s in sockets:
-            s.close()
+        workers = [f"localhost:{port}" for port in free_ports(num_workers)]
         self.logs = [model_dir.parent / f"{model_dir.name}-{attempt}-worker{i}.log"
                      for i in range(num_workers)]
         self.processes: list[subprocess.Popen] = []
