@@ -81,15 +81,20 @@ def op_types(saved_model_dir: str) -> set[str]:
     return types
 
 
-def training_probabilities(config, vectorizer, net) -> np.ndarray:
-    """P(positive) of each of REVIEWS through training's own encode and batches."""
+def model_outputs(config, vectorizer, net) -> np.ndarray:
+    """The model's outputs for REVIEWS through training's own encode and batches, [5, 1 or K]."""
     # The label carries the review's index: bucketed batches reorder reviews.
     split = data.Split(np.array(REVIEWS, dtype=object), np.arange(len(REVIEWS), dtype=np.int32))
-    probabilities = np.zeros(len(REVIEWS), np.float32)
+    outputs = np.zeros((len(REVIEWS), net.output_shape[-1]), np.float32)
     for ids, index in data.batches(data.encode(split, vectorizer, config), config,
                                    global_batch_size=2):
-        probabilities[index.numpy()] = net(ids, training=False).numpy()[:, 0]
-    return probabilities
+        outputs[index.numpy()] = net(ids, training=False).numpy()
+    return outputs
+
+
+def training_probabilities(config, vectorizer, net) -> np.ndarray:
+    """P(positive) of each of REVIEWS through training's own encode and batches."""
+    return model_outputs(config, vectorizer, net)[:, 0]
 
 
 @pytest.mark.parametrize("padding, bucket_by_length", [
@@ -287,12 +292,7 @@ def three_class_export(tmp_path_factory) -> tuple[str, np.ndarray]:
     vectorizer = data.make_vectorizer(train, config)
     net = model.build(config, task=THREE)
     net.get_layer("probabilities").bias.assign([0.0, 0.3, -0.3])  # Unequal classes.
-    split = data.Split(np.array(REVIEWS, dtype=object), np.arange(len(REVIEWS), dtype=np.int32))
-    probabilities = np.zeros((len(REVIEWS), 3), np.float32)
-    for ids, index in data.batches(data.encode(split, vectorizer, config), config,
-                                   global_batch_size=2):
-        probabilities[index.numpy()] = net(ids, training=False).numpy()
-    return export.save(config, net, vectorizer, THREE), probabilities
+    return export.save(config, net, vectorizer, THREE), model_outputs(config, vectorizer, net)
 
 
 def test_three_class_export_serves_probabilities_and_class_names(three_class_export):

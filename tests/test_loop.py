@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints, data, loop, model, steps, train
+from trainer import checkpoints, data, loop, model, train
 from trainer.config import Config
 
 
@@ -193,37 +193,6 @@ def test_only_the_newest_keep_checkpoints_stay_on_disk(tmp_path):
     kept = sorted(int(p.name.split("-")[1].split(".")[0]) for p in tmp_path.glob("ckpt-*.index"))
     assert kept == [7, 8]
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")
-
-
-def _embedding_and_dense_gradients(scale: float = 1.0) -> list:
-    """An embedding gradient with token 2 twice (IndexedSlices) and a dense one."""
-    slices = tf.IndexedSlices(tf.constant([[3.0, 0.0], [1.0, 0.0], [0.0, 4.0]]) * scale,
-                              tf.constant([2, 5, 2]), tf.constant([6, 2]))
-    return [slices, tf.constant([[0.0, 12.0]]) * scale]
-
-
-def test_clipping_takes_the_norm_of_the_summed_gradient_and_keeps_it_sparse():
-    gradients = _embedding_and_dense_gradients()
-    # Dense, token 2's rows sum to [3, 4]: norm sqrt(9 + 16 + 1 + 144) = 13.04.
-    dense = [tf.convert_to_tensor(g) for g in gradients]
-    expected, norm = tf.clip_by_global_norm(dense, 1.3)
-    assert float(norm) == pytest.approx(170 ** 0.5)
-    clipped = steps.clip_by_global_norm(gradients, 1.3)
-    assert isinstance(clipped[0], tf.IndexedSlices)  # Adam still gets the slices as they were.
-    for got, want in zip(clipped, expected, strict=True):
-        np.testing.assert_allclose(tf.convert_to_tensor(got), want, rtol=1e-6)
-    # Below the threshold nothing changes; the loss scale is divided out of the norm.
-    unchanged = steps.clip_by_global_norm(gradients, 20.0)
-    np.testing.assert_array_equal(tf.convert_to_tensor(unchanged[1]), dense[1])
-    scaled = steps.clip_by_global_norm(_embedding_and_dense_gradients(128.0), 1.3, scale=128.0)
-    np.testing.assert_allclose(tf.convert_to_tensor(scaled[1]) / 128.0, expected[1], rtol=1e-6)
-
-
-def test_clipping_lets_an_overflow_through_for_loss_scaling_to_see():
-    gradients = [tf.constant([np.inf, 1.0]), tf.constant([2.0])]
-    clipped = steps.clip_by_global_norm(gradients, 1.0)
-    assert np.isinf(clipped[0].numpy()[0]) and clipped[1].numpy()[0] == 2.0
-
 
 
 @pytest.mark.parametrize("dense", [False, True])

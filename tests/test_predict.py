@@ -16,6 +16,7 @@ import pytest
 
 from trainer import data, export, model, predict
 from trainer.config import Config
+from trainer.task import BINARY_CLASS_NAMES, Task
 
 REPO = Path(__file__).resolve().parents[1]
 POSITIVE = ("This movie was wonderful, the acting was superb and the story moving. One of the "
@@ -190,10 +191,14 @@ def test_batches_are_taken_without_reading_ahead():
 
 
 def test_line_shows_probability_label_and_first_words():
-    assert predict.format_line("Dull.", 0.0312, 0.5) == '0.0312  negative  "Dull."'
-    line = predict.format_line("one two three four five six seven eight nine", 0.97, 0.5)
-    assert line == '0.9700  positive  "one two three four five six seven eight ..."'
-    assert predict.format_line("Fine.", 0.6, threshold=0.7).split()[1] == "negative"
+    def line(review: str, positive: float, threshold: float = 0.5) -> str:
+        return predict.format_prediction(review, [1.0 - positive, positive],
+                                         BINARY_CLASS_NAMES, threshold=threshold)
+
+    assert line("Dull.", 0.0312) == '0.0312  negative  "Dull."'
+    assert line("one two three four five six seven eight nine", 0.97) == (
+        '0.9700  positive  "one two three four five six seven eight ..."')
+    assert line("Fine.", 0.6, threshold=0.7).split()[1] == "negative"
 
 
 def test_binary_lines_take_their_labels_from_the_class_names():
@@ -211,40 +216,49 @@ def test_many_class_lines_name_the_most_probable_class():
         '0.7000  sports  world=0.1000  sports=0.7000  business=0.2000  "Goal!"')
 
 
+THREE = Task(("world", "sports", "business"))
+
+
 @pytest.fixture(scope="module")
 def three_class_export(tmp_path_factory) -> tuple[Path, np.ndarray]:
-    """A tiny untrained 3-class export and its probabilities of two reviews."""
-    from trainer.task import Task
-
+    """A tiny untrained 3-class export, and the model's own probabilities of two reviews."""
     config = Config(model_dir=str(tmp_path_factory.mktemp("three") / "run"), vocab_size=20,
                     max_len=8, embedding_dim=4, lstm_units=3)
     reviews = np.array([POSITIVE, NEGATIVE] * 3, dtype=object)
     train = data.Split(reviews, np.arange(len(reviews), dtype=np.int32) % 3)
     keras.utils.set_random_seed(0)
-    net = model.build(config, task=Task(("world", "sports", "business")))
+    net = model.build(config, task=THREE)
     net.get_layer("probabilities").bias.assign([0.0, 0.5, -0.5])
-    export.save(config, net, data.make_vectorizer(train, config),
-                Task(("world", "sports", "business")))
-    return Path(config.model_dir), export.load(config.model_dir).probabilities(
-        [POSITIVE, NEGATIVE])
+    vectorizer = data.make_vectorizer(train, config)
+    export.save(config, net, vectorizer, THREE)
+    # Through training's encode and batches, not the export: the label is the review's index.
+    scored = data.encode(data.Split(reviews[:2], np.arange(2, dtype=np.int32)), vectorizer,
+                         config)
+    (ids, index), = data.batches(scored, config, global_batch_size=2)
+    probabilities = np.zeros((2, 3), np.float32)
+    probabilities[index.numpy()] = net(ids, training=False).numpy()
+    return Path(config.model_dir), probabilities
 
 
 def test_predict_all_prints_every_class_of_a_three_class_run(three_class_export):
     run, probabilities = three_class_export
     process = run_predict(f"--model_dir={run}", "--all", POSITIVE, NEGATIVE)
     assert process.returncode == 0, process.stderr[-3000:]
-    names = ("world", "sports", "business")
+    names = THREE.class_names
     for line, expected in zip(process.stdout.splitlines(), probabilities, strict=True):
         fields = line.split("  ")
         best = int(np.argmax(expected))
         assert fields[1] == names[best]
         assert float(fields[0]) == pytest.approx(expected[best], abs=1e-4)
-        assert fields[2:5] == [f"{name}={p:.4f}" for name, p in zip(names, expected,
-                                                                    strict=True)]
+        # Each "name=p" to 4 places (format_prediction's own tests pin the text).
+        assert [field.split("=")[0] for field in fields[2:5]] == list(names)
+        assert [float(field.split("=")[1]) for field in fields[2:5]] == pytest.approx(
+            expected, abs=1e-4)
         assert fields[5].startswith('"')
     plain = run_predict(f"--model_dir={run}", POSITIVE)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    assert plain.stdout.split("  ")[1] in names and "=" not in plain.stdout.split('"')[0]
+    assert plain.stdout.split("  ")[1] == names[int(np.argmax(probabilities[0]))]
+    assert "=" not in plain.stdout.split('"')[0]
 
 
 def test_predict_all_on_a_binary_export_keeps_the_line_and_adds_both_classes(full_size_export):

@@ -1,4 +1,4 @@
-"""trainer/steps.py and the loop's plan: named step results, steps counted once."""
+"""trainer/steps.py and the loop's plan: named step results, steps counted once, clipping."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import types
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from trainer import checkpoints, loop, model, steps
@@ -14,8 +15,8 @@ from trainer.task import Task
 
 
 def tiny(task: Task, **changes) -> tuple[Config, loop.Loop]:
-    config = Config(vocab_size=30, max_len=6, embedding_dim=4, lstm_units=3, batch_size=4,
-                    epochs=3, steps_per_loop=2, **changes)
+    config = Config(**{**dict(vocab_size=30, max_len=6, embedding_dim=4, lstm_units=3,
+                              batch_size=4, epochs=3, steps_per_loop=2), **changes})
     tf.keras.utils.set_random_seed(0)
     net = model.build(config, task=task)
     return config, loop.Loop(config, tf.distribute.get_strategy(), net,
@@ -53,7 +54,7 @@ def test_the_plan_counts_whole_batches_and_the_steps_per_call_the_loop_uses():
 
 def test_fit_on_four_classes_learns_and_records_validation_macro_f1(tmp_path):
     task = Task(("w", "x", "y", "z"))
-    config, trainer = tiny(task, learning_rate=0.05)
+    config, trainer = tiny(task, learning_rate=0.05, epochs=6)
     rng = np.random.default_rng(1)
     labels = (np.arange(48) % 4).astype(np.int32)
     # Class k's reviews use ids 5k+1 .. 5k+5: learnable.
@@ -65,9 +66,8 @@ def test_fit_on_four_classes_learns_and_records_validation_macro_f1(tmp_path):
 
     datasets = loop.Datasets(train=epoch_batches, train_examples=48,
                              evaluation={"val": batches.batch(4)}, global_batch_size=4)
-    managers = checkpoints.make_managers(trainer.checkpoint, trainer.best_weights,
-                                         config.replace(epochs=6), str(tmp_path))
-    trainer.config = config.replace(epochs=6)
+    managers = checkpoints.make_managers(trainer.checkpoint, trainer.best_weights, config,
+                                         str(tmp_path))
 
     class Quiet:  # A loop.Reporter that says nothing.
         def train_call(self, step):
@@ -81,3 +81,33 @@ def test_fit_on_four_classes_learns_and_records_validation_macro_f1(tmp_path):
     assert all("val/macro_f1" in h for h in result.history)
     assert result.history[-1]["val/macro_f1"] > result.history[0]["val/macro_f1"]
     assert result.history[-1]["val/accuracy"] > 0.5
+
+
+def _embedding_and_dense_gradients(scale: float = 1.0) -> list:
+    """An embedding gradient with token 2 twice (IndexedSlices) and a dense one."""
+    slices = tf.IndexedSlices(tf.constant([[3.0, 0.0], [1.0, 0.0], [0.0, 4.0]]) * scale,
+                              tf.constant([2, 5, 2]), tf.constant([6, 2]))
+    return [slices, tf.constant([[0.0, 12.0]]) * scale]
+
+
+def test_clipping_takes_the_norm_of_the_summed_gradient_and_keeps_it_sparse():
+    gradients = _embedding_and_dense_gradients()
+    # Dense, token 2's rows sum to [3, 4]: norm sqrt(9 + 16 + 1 + 144) = 13.04.
+    dense = [tf.convert_to_tensor(g) for g in gradients]
+    expected, norm = tf.clip_by_global_norm(dense, 1.3)
+    assert float(norm) == pytest.approx(170 ** 0.5)
+    clipped = steps.clip_by_global_norm(gradients, 1.3)
+    assert isinstance(clipped[0], tf.IndexedSlices)  # Adam still gets the slices as they were.
+    for got, want in zip(clipped, expected, strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(got), want, rtol=1e-6)
+    # Below the threshold nothing changes; the loss scale is divided out of the norm.
+    unchanged = steps.clip_by_global_norm(gradients, 20.0)
+    np.testing.assert_array_equal(tf.convert_to_tensor(unchanged[1]), dense[1])
+    scaled = steps.clip_by_global_norm(_embedding_and_dense_gradients(128.0), 1.3, scale=128.0)
+    np.testing.assert_allclose(tf.convert_to_tensor(scaled[1]) / 128.0, expected[1], rtol=1e-6)
+
+
+def test_clipping_lets_an_overflow_through_for_loss_scaling_to_see():
+    gradients = [tf.constant([np.inf, 1.0]), tf.constant([2.0])]
+    clipped = steps.clip_by_global_norm(gradients, 1.0)
+    assert np.isinf(clipped[0].numpy()[0]) and clipped[1].numpy()[0] == 2.0

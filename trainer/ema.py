@@ -52,11 +52,11 @@ class WarmAdam(keras.optimizers.Adam):
         """Keras' update (``base_optimizer.py``), with the warm-up momentum."""
         if not self.use_ema:
             return
+        step_momentum = warmup_momentum(self.iterations, self.ema_momentum)  # One per step.
         for var, average in zip(trainable_variables, self._model_variables_moving_average,
                                 strict=False):
             if average is None:
                 continue
-            momentum = ops.cast(warmup_momentum(self.iterations, self.ema_momentum),
-                                var.dtype)
+            momentum = ops.cast(step_momentum, var.dtype)
             average.assign(ops.add(ops.multiply(momentum, average),
                                    ops.multiply(ops.subtract(1, momentum), var)))

@@ -48,7 +48,6 @@ from trainer.task import BINARY_CLASS_NAMES, POSITIVE_KEY, PROBABILITIES_KEY, Ta
 EXPORT_DIR = "export"
 SIGNATURE = "serving_default"
 INPUT_KEY = "reviews"
-OUTPUT_KEY = POSITIVE_KEY  # Two classes only; every export has PROBABILITIES_KEY and LABEL_KEY.
 LABELS_FILE = "labels.txt"  # The class names, one a line: in a run folder and in each export.
 EXTRA_DIR = "assets.extra"  # TF Serving's place for files beside the model.
 _SAVED_MODEL_FILE = "saved_model.pb"

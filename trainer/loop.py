@@ -329,7 +329,8 @@ class Loop:
           What was done, over the whole run including earlier, resumed attempts.
 
         Raises:
-          TrainingDivergedError: the loss became NaN or infinite (nothing is saved).
+          TrainingDivergedError: the loss became NaN or infinite, or exploded
+            (see ``Health``); the saves it did not vouch for are set aside.
           PreemptedError: SIGTERM arrived (here or, with several workers, at any
             of them); every process saved the state after the same step.
         """
@@ -397,9 +398,7 @@ class _Run:
     def _epoch(self, epoch: int) -> None:
         """Trains the rest of ``epoch``, evaluates, records it in history, saves, reports."""
         loop = self.loop
-        skip = int(loop.epoch_step)
-        totals, seconds = self._train(epoch)
-        examples = (int(loop.epoch_step) - skip) * loop.global_batch_size
+        totals, seconds, examples = self._train(epoch)
         self.train_seconds += seconds
         self.train_examples += examples
         metrics = {**totals.metrics("train"),
@@ -420,8 +419,13 @@ class _Run:
         self.reporter.epoch_end(loop.step, epoch, metrics)
         self.preemption.check()
 
-    def _train(self, epoch: int) -> tuple[Totals, float]:
-        """Trains the rest of ``epoch``; returns its totals and this attempt's seconds in it."""
+    def _train(self, epoch: int) -> tuple[Totals, float, int]:
+        """Trains the rest of ``epoch``.
+
+        Returns:
+          The epoch's totals (resumed ones included), and this attempt's
+          seconds and examples in it.
+        """
         loop, config = self.loop, self.loop.config
         skip = int(loop.epoch_step)
         totals = Totals(*loop.epoch_totals.numpy()) if skip else Totals()
@@ -450,7 +454,8 @@ class _Run:
             if _crossed(call_start_step, loop.step, config.checkpoint_every_steps):
                 self.checkpointer.save(self.health)
             self.preemption.check()
-        return totals, time.perf_counter() - epoch_start
+        return (totals, time.perf_counter() - epoch_start,
+                (epoch_step - skip) * loop.global_batch_size)
 
     def _check_health(self, mean_loss: float, epoch: int) -> None:
         """Stops a diverged run, keeping only checkpoints whose weights were seen to train.

@@ -153,16 +153,6 @@ def format_prediction(review: str, probabilities: Sequence[float],
     return f"{probability:.4f}  {label}  {every if every_class else ''}{_preview(review)}"
 
 
-def format_line(review: str, probability: float, threshold: float) -> str:
-    """A two-class IMDB line from P(positive): ``0.9731  positive  "A wonderful film."``.
-
-    Examples:
-      ``format_line("Dull.", 0.0312, 0.5)`` -> ``0.0312  negative  "Dull."``.
-    """
-    return format_prediction(review, [1.0 - probability, probability], ("negative", "positive"),
-                             threshold=threshold)
-
-
 def _preview(review: str) -> str:
     """The review's first PREVIEW_WORDS words, quoted."""
     words = review.split()

@@ -100,9 +100,7 @@ class Task:
         else:
             loss = keras.losses.sparse_categorical_crossentropy(labels, outputs)
         if class_weight is not None:
-            weights = tf.constant(class_weight, loss.dtype) if not tf.is_tensor(
-                class_weight) else tf.cast(class_weight, loss.dtype)
-            loss = loss * tf.gather(weights, tf.cast(labels, tf.int32))
+            loss = loss * tf.gather(tf.cast(class_weight, loss.dtype), tf.cast(labels, tf.int32))
         return loss
 
     def probabilities(self, outputs: tf.Tensor) -> tf.Tensor:
