@@ -176,7 +176,7 @@ def test_evaluating_batches_of_many_widths_traces_the_step_at_most_a_few_times(t
     batches = data.batches(encoded, config, global_batch_size=4)  # 15 batches, 15 widths.
     metrics = trainer.evaluate(batches, "test")
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
-    assert trainer._eval_step.experimental_get_tracing_count() <= 3
+    assert trainer.steps.evaluate.experimental_get_tracing_count() <= 3
 
 
 # --- Settings ------------------------------------------------------------------------------

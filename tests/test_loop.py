@@ -52,8 +52,7 @@ def tiny_datasets(config: Config, n: int = 48, flip_validation: bool = False) ->
     validation = (data.encode(data.Split(reviews, 1 - labels), None, config)
                   if flip_validation else encoded)
     return loop.Datasets(train=train.epoch_batches(encoded, config), train_examples=n,
-                         evaluation={"val": train.evaluation_batches(validation, config)},
-                         global_batch_size=config.batch_size)
+                         evaluation={"val": train.evaluation_batches(validation, config)})
 
 
 def fit(trainer: loop.Loop, datasets: loop.Datasets, reporter, *managers) -> loop.FitResult:

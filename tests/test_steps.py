@@ -65,7 +65,7 @@ def test_fit_on_four_classes_learns_and_records_validation_macro_f1(tmp_path):
         return batches.shuffle(48, seed=epoch).batch(4, drop_remainder=True)
 
     datasets = loop.Datasets(train=epoch_batches, train_examples=48,
-                             evaluation={"val": batches.batch(4)}, global_batch_size=4)
+                             evaluation={"val": batches.batch(4)})
     managers = checkpoints.make_managers(trainer.checkpoint, trainer.best_weights, config,
                                          str(tmp_path))
 

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import data, model
+from trainer import data, model, rundir
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.task import BINARY_CLASS_NAMES, POSITIVE_KEY, PROBABILITIES_KEY, Task
@@ -99,10 +99,10 @@ def save(config: Config, net: keras.Model, vectorizer: keras.layers.TextVectoriz
 
 
 def write_labels(folder: str, class_names: Sequence[str]) -> None:
-    """``<folder>/labels.txt``: one class name a line, id = line number - 1."""
+    """``<folder>/labels.txt``: one class name a line, id = line number - 1; written whole."""
     tf.io.gfile.makedirs(folder)
-    with tf.io.gfile.GFile(f"{folder}/{LABELS_FILE}", "w") as f:
-        f.write("".join(f"{name}\n" for name in class_names))
+    rundir.write_atomically(f"{folder}/{LABELS_FILE}",
+                            lambda f: f.write("".join(f"{name}\n" for name in class_names)))
 
 
 def serving_model(config: Config, net: keras.Model, task: Task | None = None) -> keras.Model:

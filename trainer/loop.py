@@ -116,13 +116,11 @@ class Datasets:
       evaluation: named sets evaluated after every epoch under their name as
         the metrics' prefix; ``VALIDATION`` ("val") also drives early stopping
         and the best weights.
-      global_batch_size: examples per step over all replicas.
     """
 
     train: Callable[[int], tf.data.Dataset]
     train_examples: int
     evaluation: Mapping[str, tf.data.Dataset]
-    global_batch_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,11 +267,6 @@ class Loop:
         per_epoch = train_examples // self.global_batch_size
         return Plan(steps_per_epoch=per_epoch, total_steps=per_epoch * self.config.epochs,
                     steps_per_call=self.steps_per_call)
-
-    @property
-    def _eval_step(self) -> Any:
-        """The compiled evaluation step (its tracing count is tested)."""
-        return self.steps.evaluate
 
     def train_steps(self, iterator: Any, num_steps: int) -> steps.TrainSums:
         """Runs up to ``num_steps`` training steps in one ``tf.function`` call.

@@ -196,7 +196,7 @@ def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorizat
         data.encode(splits.validation, vectorizer, config), config)}
         if len(splits.validation) else {})
     datasets = loop.Datasets(train=epoch_batches(train, config), train_examples=len(train),
-                             evaluation=evaluation, global_batch_size=config.batch_size)
+                             evaluation=evaluation)
     test = evaluation_batches(data.encode(splits.test, vectorizer, config), config)
     return splits, vectorizer, datasets, test
 
@@ -358,8 +358,7 @@ def write_outputs(config: Config, net: keras.Model,
     if vectorizer is not None:
         rundir.write_atomically(f"{model_dir}/{VOCAB_FILE}",
                                 lambda f: f.write("\n".join(vectorizer.get_vocabulary()) + "\n"))
-    rundir.write_atomically(f"{model_dir}/{LABELS_FILE}",
-                            lambda f: f.write("".join(f"{name}\n" for name in classes.class_names)))
+    export.write_labels(model_dir, classes.class_names)
     with rundir.renamed_into_place(f"{model_dir}/{MODEL_FILE}", suffix=".keras") as temporary:
         net.save(temporary)
     export_path = export.save(config, net, vectorizer, classes)
