@@ -33,7 +33,6 @@ def test_a_train_call_returns_named_sums_of_the_steps_it_ran():
     assert isinstance(first, steps.TrainSums)
     assert (int(first.steps), int(first.count)) == (2, 8)
     assert 0 <= int(first.correct) <= 8 and float(first.loss_sum) > 0
-    assert first[3] == first.steps  # Still a tuple, for callers that index it.
     rest = trainer.train_steps(iterator, 2)  # Only one batch was left.
     assert (int(rest.steps), int(rest.count)) == (1, 4)
     assert int(trainer.train_steps(iterator, 2).steps) == 0

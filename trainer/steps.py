@@ -22,10 +22,7 @@ from trainer.task import BatchSums, Task
 
 
 class TrainSums(NamedTuple):
-    """What one ``train`` call did, summed over its steps and replicas (float64 scalars).
-
-    A tuple in this order, so ``sums[3]`` (steps) still reads as before.
-    """
+    """What one ``train`` call did, summed over its steps and replicas (float64 scalars)."""
 
     loss_sum: tf.Tensor
     correct: tf.Tensor
