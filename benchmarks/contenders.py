@@ -199,9 +199,10 @@ class Harness:
         self.train = data.encode(reviews.splits.train, reviews.vectorizer, config)
         self.test = data.encode(reviews.splits.test, reviews.vectorizer, config)
         keras.utils.set_random_seed(config.seed)
+        plan = loop.make_plan(config, len(self.train), 1)
         with self.strategy.scope():
             net = model.build(config)
-            optimizer = model.make_optimizer(config)
+            optimizer = model.make_optimizer(config, plan.total_steps)
         self.loop = loop.Loop(config, self.strategy, net, optimizer, config.batch_size)
         self.epochs_done = 0
         self._in_memory: tf.data.Dataset | None = None

@@ -95,22 +95,30 @@ def test_fast_settings_is_a_deprecated_no_op_with_a_warning(monkeypatch, caplog)
     assert "--fast_settings is deprecated and does nothing" in caplog.text
 
 
-def test_every_config_field_has_a_comment_beside_it():
-    source = (REPO / "trainer" / "config.py").read_text().splitlines()
-    names = {field.name for field in dataclasses.fields(Config)}
-    undocumented = []
-    for number, line in enumerate(source):
-        field = re.match(r"    (\w+): [^=]+ = ", line)
-        if field and field[1] in names:
-            names.discard(field[1])
-            if "#" not in line and not source[number - 1].strip().startswith("#"):
-                undocumented.append(field[1])
-    assert not names, f"fields not found: {names}"
-    # The Data group belongs to another change in flight; its comments come with it.
-    data = {"data_source", "data_path", "tfds_data_dir", "max_train_examples",
-            "max_test_examples", "validation_split", "test_data_path", "test_split",
-            "text_column", "label_column", "class_weight"}
-    assert [name for name in undocumented if name not in data] == []
+def test_every_config_field_is_a_flag_with_its_default_help_and_group():
+    help_text = flags.help_text()
+    for field in dataclasses.fields(Config):
+        if field.name == "presets":
+            assert field.name not in absl_flags.FLAGS  # A record, set only by the switches.
+            continue
+        flag = absl_flags.FLAGS[field.name]
+        assert flag.default == field.default, field.name
+        assert flag.help.endswith(field.metadata["help"]), field.name
+        group = field.metadata["group"]
+        section = help_text.split(f"\n{group}:\n", 1)[1].split("\n\n", 1)[0]
+        assert f"--{field.name}" in section or f"--[no]{field.name}" in section, field.name
+        if field.metadata["choices"]:
+            assert tuple(flag.parser.enum_values) == field.metadata["choices"], field.name
+
+
+def test_a_settings_rules_name_its_flag_and_what_zero_means():
+    with pytest.raises(UserError, match=r"--warmup_steps=-1 must be 0 or more \(0 means no "
+                                        r"warm-up\)"):
+        Config(warmup_steps=-1)
+    with pytest.raises(UserError, match="--lr_schedule='linear' is not one of constant, cosine"):
+        Config(lr_schedule="linear")
+    with pytest.raises(UserError, match="--epochs=0 must be a positive integer"):
+        Config(epochs=0)
 
 
 def test_help_strings_and_docstrings_carry_no_measured_numbers():

@@ -19,11 +19,36 @@ CLASS_WEIGHTS = ("", "balanced")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 PADDINGS = ("pre", "post")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def setting(group: str, default: Any, help_text: str, *, choices: tuple[str, ...] = (),
+            minimum: int | None = None, zero: str = "") -> Any:
+    """A Config field with what its flag needs: the --help group and text, and its rules.
+
+    ``trainer.flags`` defines one flag per setting from these; ``_validate``
+    checks the rules, naming the flag.
+
+    Args:
+      group: the --help group (one of ``GROUPS``).
+      default: the field's default, and the flag's.
+      help_text: the flag's help.
+      choices: the allowed values (an enum flag).
+      minimum: the smallest allowed integer (0 or 1).
+      zero: with ``minimum=0``, what 0 means (said when a value is below it).
+    """
+    return dataclasses.field(default=default, metadata={
+        "group": group, "help": help_text, "choices": choices, "minimum": minimum,
+        "zero": zero})
+
+
+# The --help groups, in the order --help shows them (Presets are trainer.flags' own).
+GROUPS = ("Presets", "Data", "Model", "Training", "Distribution", "Outputs")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every setting of a run. Field names and defaults match the flags.
+    """Every setting of a run: its default, its flag's help and its rules, field by field.
 
     The defaults are the article's model and recipe (Adam 1e-3, batch 64, 500
     tokens) trained the fast way: reviews grouped by length, right-padded and
@@ -31,60 +56,201 @@ class Config:
     handed to Adam dense, the weights' moving average validated and kept, and
     on a CPU the LSTM's fused recurrence with one thread per op (measured in
     ``benchmarks/README.md``). ``PRESETS["article_settings"]`` is the article's
-    exact recipe. Each field's comment says what it is; ``trainer/flags.py``
-    has the longer help.
+    exact recipe. A new field here is a new flag: ``trainer.flags`` defines one
+    per field from its ``setting``.
     """
 
-    # Data.
-    data_source: str = "auto"
-    data_path: str = ""
-    tfds_data_dir: str = ""
-    max_train_examples: int = 0
-    max_test_examples: int = 0
-    validation_split: float = 0.1
-    test_data_path: str = ""
-    test_split: float = 0.2
-    text_column: str = "text"
-    label_column: str = "label"
-    class_weight: str = ""
-    # Model.
-    vocab_size: int = 10000  # Token ids, padding (0) and out-of-vocabulary (1) included.
-    max_len: int = 500  # Tokens a review keeps after truncation (and padding, unbucketed).
-    embedding_dim: int = 32  # Embedding width.
-    lstm_units: int = 100  # LSTM units.
-    lean_lstm: bool = True  # On a CPU, LeanLSTM's fused recurrence instead of Keras' loop.
-    padding: str = "post"  # Side reviews are padded and truncated on: pre or post.
-    mask_padding: bool = False  # Mask padding tokens (implied by bucket_by_length).
-    bucket_by_length: bool = True  # Batch reviews of similar length, padded to the longest.
-    bucket_window_batches: int = 100  # Batches per length-sorted window when bucketing.
-    # Training.
-    batch_size: int = 64  # GLOBAL batch, split evenly over all replicas.
-    epochs: int = 10  # Most passes over the training reviews.
-    learning_rate: float = 1e-3  # Adam's learning rate.
-    clip_norm: float = 0.25  # Clip the gradient's global norm to this; 0 = off.
-    dense_embedding_gradient: bool = True  # Give Adam the embedding's gradient dense.
-    ema_momentum: float = 0.99  # Keep the weights' moving average with this momentum; 0 = off.
-    seed: int = 42  # Seeds subsets, splits, shuffles and initialization.
-    early_stopping_patience: int = 2  # Epochs without a lower val loss before stopping; 0 = off.
-    steps_per_loop: int = 1  # Training steps per tf.function call.
-    # Distribution.
-    strategy: str = "auto"  # tf.distribute strategy; auto looks at TF_CONFIG and the GPUs.
-    num_gpus: int = 0  # Use only the first N GPUs; 0 = all.
-    require_gpu: bool = False  # Stop at start-up, before reading data, if there is no GPU.
-    cpu_replicas: int = 0  # Split the CPU into N logical devices; 0 = do not split.
-    cluster_timeout_secs: int = 600  # How long workers wait for the whole cluster to start.
-    precision: str = "auto"  # Keras dtype policy; auto: mixed_float16 on a GPU, else float32.
-    intra_op_threads: int | None = None  # Threads per op; None: 1 for LeanLSTM on a CPU.
-    # Outputs.
-    model_dir: str = ""  # Where the run writes everything; resolved by trainer.flags.
-    checkpoint_dir: str = ""  # Checkpoints; resolved to <model_dir>/checkpoints.
-    tensorboard_dir: str = ""  # Event files; resolved to <model_dir>/tensorboard.
-    checkpoint_every_steps: int = 0  # Also checkpoint every N steps; 0 = epoch ends only.
-    keep_checkpoints: int = 3  # Checkpoints kept on disk.
-    log_every_steps: int = 50  # A progress line every N training steps.
-    profile_steps: str = ""  # START,STOP of a profiler trace; empty = none.
-    overwrite: bool = False  # Start a finished --model_dir over instead of reporting it done.
-    # The PRESETS that set the values above (a record for metrics.json and HParams).
+    data_source: str = setting(
+        "Data", "auto",
+        "Where the labeled texts come from. auto: judged by --data_path (an aclImdb folder or "
+        ".tar.gz: aclimdb; .csv, .tsv, .jsonl, optionally .gz: that format; a folder of class "
+        "folders: folders; .npz: keras_npz; none: tfds). aclimdb: an aclImdb folder or "
+        ".tar.gz (read in place, nothing extracted). tfds: tensorflow-datasets imdb_reviews. "
+        "keras_npz: a Keras imdb.npz of token ids. csv (RFC 4180), tsv (one row a line, quotes "
+        "are text), jsonl (one JSON object a line): see --text_column and --label_column. "
+        "folders: DIR/<class>/*.txt, or DIR/train/<class>/*.txt and DIR/test/<class>/*.txt.",
+        choices=DATA_SOURCES)
+    data_path: str = setting(
+        "Data", "",
+        "The data, local or gs://: an aclImdb folder or a .tar.gz of it, a .csv/.tsv/.jsonl "
+        "file (optionally .gz), a folder of class folders, or an imdb.npz.")
+    test_data_path: str = setting(
+        "Data", "",
+        "A separate test file (or folder of class folders) in --data_path's format; its labels "
+        "must all occur in --data_path. Without it, a source with no test split holds out "
+        "--test_split of the data.")
+    test_split: float = setting(
+        "Data", 0.2,
+        "Fraction of each class held out (seeded by --seed) as the test set when the source "
+        "has no test split and --test_data_path is not given.")
+    text_column: str = setting(
+        "Data", "text",
+        "csv/tsv/jsonl: the text's column, a header name (a JSON key) or a 0-based index; "
+        "several, comma-separated, are joined with a space (e.g. title,description).")
+    label_column: str = setting(
+        "Data", "label",
+        "csv/tsv/jsonl: the label's column, a header name (a JSON key) or a 0-based index. "
+        "Labels may be strings or integers; class ids follow their sorted order (numeric if "
+        "all are integers).")
+    class_weight: str = setting(
+        "Data", "",
+        "balanced: weight each class's loss by n_examples / (n_classes * its count) in "
+        "training; empty: every example counts the same.", choices=CLASS_WEIGHTS)
+    tfds_data_dir: str = setting(
+        "Data", "",
+        "Where tensorflow-datasets keeps imdb_reviews (default: its own, "
+        "~/tensorflow_datasets).")
+    max_train_examples: int = setting(
+        "Data", 0,
+        "Use a reproducible, class-stratified subset of this many training examples "
+        "(0 = all).", minimum=0, zero="all")
+    max_test_examples: int = setting(
+        "Data", 0,
+        "Use a reproducible, class-stratified subset of this many test examples (0 = all).",
+        minimum=0, zero="all")
+    validation_split: float = setting(
+        "Data", 0.1,
+        "Fraction of the training reviews held out for validation and early stopping "
+        "(the test reviews are never used for either).")
+
+    vocab_size: int = setting(
+        "Model", 10000,
+        "Vocabulary size, including padding (0) and out-of-vocabulary (1) ids.", minimum=1)
+    max_len: int = setting(
+        "Model", 500, "Tokens per review after padding or truncation (the article: 500).",
+        minimum=1)
+    embedding_dim: int = setting("Model", 32, "Embedding width (the article: 32).", minimum=1)
+    lstm_units: int = setting("Model", 100, "LSTM units (the article: 100).", minimum=1)
+    lean_lstm: bool = setting(
+        "Model", True,
+        "On a CPU, run the LSTM through trainer.lstm.LeanLSTM: Keras' layer, weights and "
+        "function (within 1e-5), its recurrence one fused BlockLSTM op per chain of rows "
+        "(faster than Keras' loop: see benchmarks/README.md). On a GPU it is Keras' LSTM "
+        "(cuDNN) either way. Off: keras.layers.LSTM everywhere, as the article.")
+    padding: str = setting(
+        "Model", "post",
+        "Side on which short reviews are padded and long ones truncated. pre is the article's "
+        "(Keras pad_sequences' default); post keeps a masked LSTM cuDNN-eligible on GPU.",
+        choices=PADDINGS)
+    mask_padding: bool = setting(
+        "Model", False,
+        "Mask padding tokens (Embedding mask_zero) so the LSTM skips them. The article does "
+        "not.")
+    bucket_by_length: bool = setting(
+        "Model", True,
+        "Batch reviews of similar length together, pad each batch (on the --padding side) "
+        "only to its longest review and mask the padding: the LSTM runs fewer steps and "
+        "computes the same prediction for each review. Implies the mask of --mask_padding.")
+    bucket_window_batches: int = setting(
+        "Model", 100,
+        "With --bucket_by_length: batches per length-sorted window of shuffled reviews. "
+        "Larger pads less; batches are shuffled within a window.", minimum=1)
+
+    batch_size: int = setting(
+        "Training", 64,
+        "GLOBAL batch size, split evenly across all replicas (the article: 64).", minimum=1)
+    epochs: int = setting(
+        "Training", 10, "Maximum number of passes over the training reviews.", minimum=1)
+    learning_rate: float = setting(
+        "Training", 1e-3, "Adam learning rate; under --lr_schedule or --warmup_steps, the peak.")
+    lr_schedule: str = setting(
+        "Training", "constant",
+        "The learning rate after the warm-up: constant, or cosine (Keras' CosineDecay from "
+        "--learning_rate down to 0 at the run's last step, --epochs times the steps per "
+        "epoch).", choices=LR_SCHEDULES)
+    warmup_steps: int = setting(
+        "Training", 0,
+        "Training steps over which the learning rate rises linearly from 0 to "
+        "--learning_rate (0 = start at --learning_rate).", minimum=0, zero="no warm-up")
+    dense_embedding_gradient: bool = setting(
+        "Training", True,
+        "Give Adam the embedding's gradient dense, each token's slices summed, so Adam "
+        "squares a token's gradient as its math says. Off, Keras' Adam gets the sparse "
+        "slices and squares each occurrence separately, as the article's model.fit does.")
+    clip_norm: float = setting(
+        "Training", 0.25,
+        "Clip the gradient's global norm to this before each Adam step; 0 turns clipping off.")
+    ema_momentum: float = setting(
+        "Training", 0.99,
+        "Validate, keep and export the exponential moving average of the weights, updated "
+        "after every step with momentum min(this, (1 + step) / (10 + step)) (0.99 averages "
+        "about the last 100 steps) instead of the last step's weights. Training itself "
+        "follows the raw weights. 0 turns it off (the article).")
+    seed: int = setting("Training", 42,
+                        "Seed for subsets, splits, shuffling and initialization.")
+    early_stopping_patience: int = setting(
+        "Training", 2,
+        "Stop after this many epochs without a lower validation loss, and keep the weights "
+        "of the best epoch (0 = off: train all --epochs and keep the last weights).",
+        minimum=0, zero="off")
+    steps_per_loop: int = setting(
+        "Training", 1,
+        "Training steps run inside one tf.function call; more means less Python overhead.",
+        minimum=1)
+
+    strategy: str = setting(
+        "Distribution", "auto",
+        "tf.distribute strategy. auto: multi_worker when TF_CONFIG names several tasks, "
+        "mirrored with several GPUs, one_device with one, the default strategy on CPU.",
+        choices=STRATEGIES)
+    num_gpus: int = setting("Distribution", 0,
+                            "Use only the first N visible GPUs (0 = all of them).",
+                            minimum=0, zero="all visible GPUs")
+    require_gpu: bool = setting(
+        "Distribution", False,
+        "Stop at once (exit 2, before any data is read) if TensorFlow sees no GPU, saying "
+        "what it sees and what to check, instead of training on the CPU. For paid GPU "
+        "machines; python -m trainer.doctor shows the same check.")
+    cpu_replicas: int = setting(
+        "Distribution", 0,
+        "Split the CPU into N logical devices, so --strategy=mirrored runs N replicas on a "
+        "machine without GPUs (0 = do not split). For trying and testing distributed "
+        "training.", minimum=0, zero="do not split the CPU")
+    cluster_timeout_secs: int = setting(
+        "Distribution", 600,
+        "Multi-worker: how long each worker waits for all the workers in TF_CONFIG to start "
+        "before it stops with an error (a worker that dies later is noticed within "
+        "seconds).", minimum=1)
+    precision: str = setting(
+        "Distribution", "auto",
+        "Keras dtype policy. auto: mixed_float16 on a GPU, float32 on CPU (where mixed "
+        "precision is no faster). The output layer always computes in float32.",
+        choices=PRECISIONS)
+    intra_op_threads: int | None = setting(
+        "Distribution", None,
+        "Threads one TensorFlow op may split its work across (0 = TensorFlow's choice, one "
+        "per core). Unset: without a GPU when --lean_lstm runs, trainer.lstm.cpu_policy's "
+        "choice for the cores this process may use; else TensorFlow's choice.")
+
+    model_dir: str = setting(
+        "Outputs", "",
+        "Where everything the run writes goes: metrics.json, vocabulary, model, checkpoints, "
+        "TensorBoard logs. Local or gs://. Default: $AIP_MODEL_DIR if set (Vertex AI), else "
+        "a new ./runs/<date>-<time>-<random suffix>. Give an existing one to resume it.")
+    checkpoint_dir: str = setting(
+        "Outputs", "",
+        "Checkpoints. Default: $AIP_CHECKPOINT_DIR if set, else <model_dir>/checkpoints.")
+    tensorboard_dir: str = setting(
+        "Outputs", "",
+        "TensorBoard event files. Default: $AIP_TENSORBOARD_LOG_DIR if set, else "
+        "<model_dir>/tensorboard.")
+    checkpoint_every_steps: int = setting(
+        "Outputs", 0,
+        "Also checkpoint every N training steps, not only at epoch ends (0 = epoch ends "
+        "only).", minimum=0, zero="only at epoch ends")
+    keep_checkpoints: int = setting("Outputs", 3, "Checkpoints kept on disk.", minimum=1)
+    log_every_steps: int = setting(
+        "Outputs", 50, "Print a progress line every N training steps within an epoch.",
+        minimum=1)
+    profile_steps: str = setting(
+        "Outputs", "",
+        "START,STOP: record a TensorBoard profiler trace of these training steps (e.g. "
+        "10,15); empty = no profiling.")
+    overwrite: bool = setting(
+        "Outputs", False,
+        "Start over in a --model_dir that holds a finished run, deleting its checkpoints, "
+        "instead of reporting it finished.")
+    # The PRESETS that set the values above (a record for metrics.json and HParams; no flag).
     presets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -192,30 +358,8 @@ def _validate(config: Config) -> None:
     """Raises UserError naming the flag for the first invalid value."""
     if set(config.presets) - set(PRESETS):
         raise UserError(f"presets={config.presets!r}: the presets are {', '.join(PRESETS)}.")
-    choices = {
-        "data_source": DATA_SOURCES,
-        "strategy": STRATEGIES,
-        "precision": PRECISIONS,
-        "padding": PADDINGS,
-        "class_weight": CLASS_WEIGHTS,
-    }
-    for name, allowed in choices.items():
-        value = getattr(config, name)
-        if value not in allowed:
-            raise UserError(
-                f"--{name}={value!r} is not one of {', '.join(allowed)}; pick one of those."
-            )
-    for name in ("vocab_size", "max_len", "embedding_dim", "lstm_units", "batch_size",
-                 "epochs", "steps_per_loop", "keep_checkpoints", "log_every_steps",
-                 "bucket_window_batches", "cluster_timeout_secs"):
-        value = getattr(config, name)
-        if value <= 0:
-            raise UserError(f"--{name}={value} must be a positive integer.")
-    for name in ("max_train_examples", "max_test_examples", "early_stopping_patience",
-                 "num_gpus", "cpu_replicas", "checkpoint_every_steps"):
-        value = getattr(config, name)
-        if value < 0:
-            raise UserError(f"--{name}={value} must be 0 or more (0 means {_ZERO[name]}).")
+    for field in dataclasses.fields(config):
+        _check_rules(field, getattr(config, field.name))
     if config.intra_op_threads is not None and config.intra_op_threads < 0:
         raise UserError(f"--intra_op_threads={config.intra_op_threads} must be 0 (TensorFlow's "
                         "choice: one per core) or more; leave it unset for the default.")
@@ -255,6 +399,18 @@ def _validate(config: Config) -> None:
         )
 
 
+def _check_rules(field: dataclasses.Field, value: Any) -> None:
+    """Raises UserError if ``value`` breaks the choices or minimum of ``field``'s setting."""
+    choices, minimum = field.metadata.get("choices"), field.metadata.get("minimum")
+    if choices and value not in choices:
+        raise UserError(f"--{field.name}={value!r} is not one of {', '.join(choices)}; pick "
+                        "one of those.")
+    if minimum is not None and value < minimum:
+        raise UserError(f"--{field.name}={value} must be a positive integer." if minimum else
+                        f"--{field.name}={value} must be 0 or more (0 means "
+                        f"{field.metadata['zero']}).")
+
+
 def _validate_data(config: Config) -> None:
     """Raises UserError for an invalid test split or column setting."""
     if not 0.0 <= config.test_split < 1.0:
@@ -270,12 +426,3 @@ def _validate_data(config: Config) -> None:
     if "," in config.label_column:
         raise UserError(f"--label_column={config.label_column!r} must be one column.")
 
-
-_ZERO = {
-    "max_train_examples": "all",
-    "max_test_examples": "all",
-    "early_stopping_patience": "off",
-    "num_gpus": "all visible GPUs",
-    "cpu_replicas": "do not split the CPU",
-    "checkpoint_every_steps": "only at epoch ends",
-}

@@ -138,6 +138,17 @@ class Plan:
     steps_per_call: int
 
 
+def make_plan(config: Config, train_examples: int, num_replicas: int,
+              global_batch_size: int | None = None) -> Plan:
+    """The step counts of ``train_examples`` per epoch, for ``--epochs``; needs no model.
+
+    The optimizer's schedule is built from it before the ``Loop`` exists.
+    """
+    per_epoch = train_examples // (global_batch_size or config.batch_size)
+    return Plan(steps_per_epoch=per_epoch, total_steps=per_epoch * config.epochs,
+                steps_per_call=steps.steps_per_call(config, num_replicas))
+
+
 @dataclasses.dataclass
 class FitResult:
     """What ``fit`` did, for metrics.json."""
@@ -264,9 +275,8 @@ class Loop:
 
     def plan(self, train_examples: int) -> Plan:
         """The run's step counts for ``train_examples`` training examples per epoch."""
-        per_epoch = train_examples // self.global_batch_size
-        return Plan(steps_per_epoch=per_epoch, total_steps=per_epoch * self.config.epochs,
-                    steps_per_call=self.steps_per_call)
+        return make_plan(self.config, train_examples, self.strategy.num_replicas_in_sync,
+                         self.global_batch_size)
 
     def train_steps(self, iterator: Any, num_steps: int) -> steps.TrainSums:
         """Runs up to ``num_steps`` training steps in one ``tf.function`` call.

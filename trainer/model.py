@@ -55,20 +55,43 @@ def build(config: Config, use_cudnn: bool | str = "auto", task: Task | None = No
     )
 
 
-def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
-    """Adam at ``learning_rate``, keeping the weights' moving average if ``ema_momentum``.
+def make_optimizer(config: Config, total_steps: int = 0) -> keras.optimizers.Optimizer:
+    """Adam at the rate ``learning_rate_schedule`` gives, keeping the weights' moving average.
 
     Wrapped in loss scaling under mixed_float16. Call inside ``strategy.scope()``
     after the dtype policy is set. ``trainer.steps.Steps.averaged_weights`` puts
     the average in the model.
+
+    Args:
+      config: learning_rate, lr_schedule, warmup_steps, ema_momentum.
+      total_steps: the run's training steps (``loop.Plan.total_steps``), where
+        a cosine schedule ends.
     """
     optimizer = WarmAdam(
-        learning_rate=config.learning_rate, use_ema=bool(config.ema_momentum),
-        ema_momentum=config.ema_momentum)
+        learning_rate=learning_rate_schedule(config, total_steps),
+        use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum)
     if keras.config.dtype_policy().name == "mixed_float16":
         # float16 gradients underflow without it; bfloat16 has float32's range.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def learning_rate_schedule(config: Config, total_steps: int
+                           ) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """``--learning_rate`` as a number, or under a warm-up or cosine decay Keras' schedule.
+
+    The schedule is a function of the optimizer's step counter, which is
+    checkpointed, so a resumed run continues on it; it is rebuilt from each
+    command's flags, so a resumed run takes that command's rate.
+    """
+    if config.lr_schedule == "constant" and not config.warmup_steps:
+        return config.learning_rate
+    warm = config.warmup_steps
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warm else config.learning_rate,
+        decay_steps=max(1, total_steps - warm),
+        alpha=1.0 if config.lr_schedule == "constant" else 0.0,  # 1.0: no decay at all.
+        warmup_target=config.learning_rate if warm else None, warmup_steps=warm)
 
 
 def cudnn_blockers(model: keras.Model, config: Config) -> list[str]:

@@ -121,12 +121,12 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
            ) -> tuple[keras.Model, loop.FitResult, Tally]:
     """Builds the model, resumes, trains and tallies the test split; returns what it kept."""
     strategy, chief = runtime.strategy, runtime.chief
+    plan = loop.make_plan(config, datasets.train_examples, strategy.num_replicas_in_sync)
     with strategy.scope():
         net = model.build(config, task=classes)
-        optimizer = model.make_optimizer(config)
+        optimizer = model.make_optimizer(config, plan.total_steps)
     trainer = loop.Loop(config, strategy, net, optimizer, config.batch_size, task=classes,
                         class_weight=data.class_weights(splits))
-    plan = trainer.plan(datasets.train_examples)
     _log_model(net, config, runtime)
     checkpoint_dir = cluster.private_dir(config.checkpoint_dir, strategy)
     try:
@@ -291,6 +291,8 @@ def _restore(trainer: loop.Loop, strategy: tf.distribute.Strategy, config: Confi
         return None
     logging.info("resuming from %s: epoch %d done, step %d", latest, int(trainer.epoch),
                  trainer.step)
+    if not isinstance(model.learning_rate_schedule(config, 1), float):
+        return latest  # A schedule: rebuilt from this command's flags, never checkpointed.
     restored_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
     if not np.isclose(restored_rate, config.learning_rate, rtol=1e-6):
         logging.info("--learning_rate changed from %g to %g: training goes on at %g",
