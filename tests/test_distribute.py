@@ -192,11 +192,6 @@ def test_a_resolved_cluster_names_the_same_chief_as_tf_config():
         assert cluster.is_chief(strategy) == cluster.is_chief_task(tf_config), tf_config
 
 
-def test_the_names_train_and_loop_still_call_through_distribute_are_the_clusters():
-    for name in ("num_workers", "private_dir", "remove_private_dir", "lost_workers_stop"):
-        assert getattr(distribute, name) is getattr(cluster, name), name
-
-
 def test_a_lost_worker_is_named_in_one_readable_line():
     import tensorflow as tf
 

@@ -18,15 +18,6 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import cluster, lstm
-
-# Transition: the cluster's names that trainer/train.py and trainer/loop.py still call
-# through this module. New code imports trainer.cluster; these go once those call it too.
-from trainer.cluster import (  # noqa: F401
-    lost_workers_stop,
-    num_workers,
-    private_dir,
-    remove_private_dir,
-)
 from trainer.config import Config
 from trainer.errors import UserError
 

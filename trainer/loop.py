@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import keras
 import tensorflow as tf
 
-from trainer import checkpoints, distribute, steps
+from trainer import checkpoints, cluster, steps
 from trainer.config import Config
 from trainer.errors import TrainingDivergedError, UserError
 from trainer.preemption import SIGNALS, TRAINING, Preemption
@@ -339,7 +339,7 @@ class Loop:
         """
         # Created after the restore: see its doc.
         preemption = Preemption(self.strategy, manager, self.config.checkpoint_dir,
-                                workers=distribute.num_workers(self.strategy))
+                                workers=cluster.num_workers(self.strategy))
         SIGNALS.enter(TRAINING)
         run = _Run(self, datasets, plan, reporter, Checkpointer(manager, best_manager),
                    preemption)
