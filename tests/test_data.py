@@ -1,4 +1,4 @@
-"""trainer/data.py: the three sources, subsets, splits, vectorization and batches."""
+"""trainer/imdb.py, data.py: the IMDB sources, subsets, splits, vectorization and batches."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, aclimdb_files, trainer_env, write_archive, write_tree
-from trainer import data
+from trainer import data, imdb
 from trainer.config import Config
 from trainer.errors import UserError
 
 
 def test_folder_and_official_archive_give_the_same_reviews(tiny_aclimdb, tiny_archive):
-    from_folder = data.read_aclimdb(str(tiny_aclimdb))
-    from_archive = data.read_aclimdb(str(tiny_archive))
+    from_folder = imdb.read_aclimdb(str(tiny_aclimdb))
+    from_archive = imdb.read_aclimdb(str(tiny_archive))
     for folder_split, archive_split in zip(from_folder, from_archive, strict=True):
         assert list(folder_split.reviews) == list(archive_split.reviews)
         assert list(folder_split.labels) == list(archive_split.labels)
@@ -30,7 +30,7 @@ def test_folder_and_official_archive_give_the_same_reviews(tiny_aclimdb, tiny_ar
 
 
 def test_parent_folder_of_aclimdb_is_accepted(tiny_aclimdb):
-    train, _ = data.read_aclimdb(str(tiny_aclimdb.parent))
+    train, _ = imdb.read_aclimdb(str(tiny_aclimdb.parent))
     assert len(train) == 24
 
 
@@ -66,7 +66,7 @@ def test_load_subsets_are_balanced_reproducible_and_validation_comes_from_train(
 def test_bad_data_path_names_the_flag(tmp_path, make_path, expected):
     path = make_path(tmp_path)
     with pytest.raises(UserError, match=expected) as error:
-        data.read_aclimdb(str(path))
+        imdb.read_aclimdb(str(path))
     assert "--data_path" in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -76,7 +76,7 @@ def test_truncated_archive_is_reported_in_one_line(tmp_path, tiny_archive, fract
     content = tiny_archive.read_bytes()
     truncated = _write(tmp_path / "cut.tar.gz", content[:int(len(content) * fraction)])
     with pytest.raises(UserError, match=r"truncated or corrupt|not a readable") as error:
-        data.read_aclimdb(str(truncated))
+        imdb.read_aclimdb(str(truncated))
     assert "\n" not in str(error.value)
 
 
@@ -89,9 +89,9 @@ def test_archive_cut_between_two_reviews_is_not_taken_for_a_smaller_dataset(tmp_
     with tarfile.open(whole) as archive:
         last = archive.getmembers()[-1]  # Every class is in the archive before this one.
     cut = _write(tmp_path / "cut.tar", whole.read_bytes()[:last.offset])
-    assert len(data.read_aclimdb(str(whole))[1]) == 8
+    assert len(imdb.read_aclimdb(str(whole))[1]) == 8
     with pytest.raises(UserError, match=r"truncated or corrupt.*before the tar archive's end"):
-        data.read_aclimdb(str(cut))
+        imdb.read_aclimdb(str(cut))
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def test_archive_members_escaping_their_folder_are_refused(tmp_path, member):
     files = {**aclimdb_files(2), member: b"payload"}
     archive = write_archive(tmp_path / "hostile.tar.gz", files)
     with pytest.raises(UserError, match="outside its folder"):
-        data.read_aclimdb(str(archive))
+        imdb.read_aclimdb(str(archive))
     assert not (tmp_path.parent / "evil.txt").exists()
 
 
@@ -127,7 +127,7 @@ def test_archive_members_escaping_their_folder_are_refused(tmp_path, member):
 @pytest.mark.parametrize("review, byte", [
     (b"caf\xe9 latin-1 text", 3),
     # Past the first chunk read, with a UTF-8 character cut by the chunk before it.
-    (b"x" * (data._READ_CHUNK - 1) + "\u00e9".encode() + b"y" * 99 + b"\xff", 2**20 + 100),
+    (b"x" * (imdb.READ_CHUNK - 1) + "\u00e9".encode() + b"y" * 99 + b"\xff", 2**20 + 100),
 ])
 def test_review_that_is_not_utf8_names_the_file_and_byte(tmp_path, make_path, review, byte):
     files = aclimdb_files(2)
@@ -135,7 +135,7 @@ def test_review_that_is_not_utf8_names_the_file_and_byte(tmp_path, make_path, re
     path = make_path(tmp_path, files)
     with pytest.raises(UserError, match=rf"train/pos/0_8.txt is not valid UTF-8 \(.* at byte "
                                         rf"{byte}\)") as error:
-        data.read_aclimdb(str(path), data.text_limit(Config(max_len=8)))
+        imdb.read_aclimdb(str(path), data.text_limit(Config(max_len=8)))
     assert "\n" not in str(error.value)
 
 
@@ -155,12 +155,12 @@ _SMALLEST_WINDOW = Config(max_len=8, padding="pre")
 @pytest.fixture(scope="module")
 def imdb_cut(imdb_archive) -> tuple[data.Split, data.Split]:
     """The real archive's (train, test), read once for this module, cut on read."""
-    return data.read_aclimdb(imdb_archive, data.text_limit(_SMALLEST_WINDOW))
+    return imdb.read_aclimdb(imdb_archive, data.text_limit(_SMALLEST_WINDOW))
 
 
 def test_no_real_review_is_cut_so_encode_is_unchanged(imdb_archive, imdb_cut):
     config = _SMALLEST_WINDOW
-    whole_train, whole_test = data.read_aclimdb(imdb_archive)
+    whole_train, whole_test = imdb.read_aclimdb(imdb_archive)
     cut_train, cut_test = imdb_cut
     assert cut_train.reviews.dtype == object
     assert list(cut_train.reviews) == list(whole_train.reviews)
@@ -184,8 +184,8 @@ def test_a_huge_review_is_cut_on_read_and_the_model_sees_the_same_tokens(tmp_pat
     files = aclimdb_files(2)
     files["aclImdb/train/pos/9_9.txt"] = words.encode()
     path = make_path(tmp_path, files)
-    whole, _ = data.read_aclimdb(str(path))
-    cut, _ = data.read_aclimdb(str(path), data.text_limit(config))
+    whole, _ = imdb.read_aclimdb(str(path))
+    cut, _ = imdb.read_aclimdb(str(path), data.text_limit(config))
     index = [len(review) for review in whole.reviews].index(len(words))
     kept = cut.reviews[index]
     assert len(kept) == data.text_limit(config).chars
@@ -264,7 +264,7 @@ def test_keras_npz_without_its_arrays_is_reported(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, x=np.zeros(3))
     with pytest.raises(UserError, match="lacks array"):
-        data.read_keras_npz(str(path))
+        imdb.read_keras_npz(str(path))
 
 
 def _valid_npz(path, **changes):
@@ -314,7 +314,7 @@ def test_broken_keras_npz_is_one_line_naming_the_file(tmp_path, make_path, expec
 
 def test_keras_npz_of_a_2d_array_reads_one_review_a_row(tmp_path):
     path = _valid_npz(tmp_path / "imdb.npz", x_train=np.array([[4, 5], [6, 7], [8, 9], [1, 1]]))
-    train, _ = data.read_keras_npz(str(path))
+    train, _ = imdb.read_keras_npz(str(path))
     assert [ids.tolist() for ids in train.reviews] == [[1, 7, 8], [1, 9, 10], [1, 11, 12],
                                                        [1, 4, 4]]
 
@@ -332,12 +332,12 @@ def test_tfds_source_reads_imdb_reviews():
 def test_tfds_reviews_are_cut_on_read_on_the_kept_side(monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "_ENCODE_BATCH", 3)  # Read in batches: 3, 3 and a partial 2.
+    monkeypatch.setattr(imdb, "_TFDS_BATCH", 3)  # Read in batches: 3, 3 and a partial 2.
     count = 8
     with tfds.testing.mock_data(num_examples=count):
-        whole, _ = data.read_tfds("")
+        whole, _ = imdb.read_tfds("")
     with tfds.testing.mock_data(num_examples=count):
-        cut, _ = data.read_tfds("", data.TextLimit(5, from_end=True))
+        cut, _ = imdb.read_tfds("", data.TextLimit(5, from_end=True))
     with tfds.testing.mock_data(num_examples=count):  # tfds' own order, one at a time.
         one_by_one = list(tfds.as_numpy(tfds.load("imdb_reviews", split="train",
                                                   as_supervised=True)))
@@ -398,7 +398,7 @@ def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, 
     kept, held = _old_stratified_split(old_train.labels, validation, rng)
     # The archive read once (above), not once per load.
     monkeypatch.setitem(sources.READERS, "aclimdb",
-                        lambda config, limit: (train, test, sources.IMDB_CLASSES))
+                        lambda config, limit: (train, test, imdb.CLASSES))
     config = Config(data_path=imdb_archive, max_train_examples=max_train,
                     max_test_examples=max_test, validation_split=validation, seed=seed)
     splits = data.load(config)

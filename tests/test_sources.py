@@ -1,4 +1,4 @@
-"""trainer/sources.py: every layout it reads, auto's choice, labels, and every bad-data line."""
+"""trainer/sources.py and tables.py: every layout, auto's choice, labels, every bad-data line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, aclimdb_files, trainer_env, write_archive, write_tree
 from trainer import config as config_lib
-from trainer import data, sources
+from trainer import data, sources, tables
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -146,8 +146,8 @@ def test_integer_labels_are_ordered_numerically_and_written_alike(tmp_path):
 
 
 def test_string_labels_are_ordered_lexicographically():
-    assert sources.class_order({"b", "B", "a10", "a2"}) == ("B", "a10", "a2", "b")
-    assert sources.class_order({"-1", "1", "0"}) == ("-1", "0", "1")
+    assert tables.class_order({"b", "B", "a10", "a2"}) == ("B", "a10", "a2", "b")
+    assert tables.class_order({"-1", "1", "0"}) == ("-1", "0", "1")
 
 
 # --- tsv ----------------------------------------------------------------------------------
