@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import REPO, trainer_env
 
+# One xdist_group: this module's smoke run is run once, on one test process.
+pytestmark = pytest.mark.xdist_group("console")
+
 GROUPS = ("Presets:", "Data:", "Model:", "Training:", "Distribution:", "Outputs:")
 TENSORFLOW_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
 

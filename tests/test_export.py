@@ -24,6 +24,9 @@ from trainer.errors import UserError
 from trainer.lstm import LeanLSTM
 from trainer.task import Task
 
+# One xdist_group: the session's small_run and this module's exports are built once.
+pytestmark = pytest.mark.xdist_group("small_run")
+
 SAVED_MODEL_CLI = str(Path(sys.executable).parent / "saved_model_cli")
 # The serving host of the issue: a CPU only, whatever trained the model.
 CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

@@ -18,6 +18,9 @@ from trainer import data, export, model, predict
 from trainer.config import Config
 from trainer.task import BINARY_CLASS_NAMES, Task
 
+# One xdist_group: this module's trained run and exports are built once, on one test process.
+pytestmark = pytest.mark.xdist_group("predict")
+
 REPO = Path(__file__).resolve().parents[1]
 POSITIVE = ("This movie was wonderful, the acting was superb and the story moving. One of the "
             "best films I have seen, I loved it.")

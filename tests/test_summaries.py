@@ -17,6 +17,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from trainer import model, summaries
 from trainer.config import Config
 
+# One xdist_group: the session's small_run is built once, on one test process.
+pytestmark = pytest.mark.xdist_group("small_run")
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
