@@ -59,11 +59,12 @@ def fit(trainer: loop.Loop, datasets: loop.Datasets, reporter, *managers) -> loo
     return trainer.fit(datasets, trainer.plan(datasets.train_examples), reporter, *managers)
 
 
-def make_loop(config: Config, checkpoint_dir: str) -> tuple[loop.Loop, tuple]:
+def make_loop(config: Config, checkpoint_dir: str,
+              total_steps: int = 0) -> tuple[loop.Loop, tuple]:
     tf.keras.utils.set_random_seed(config.seed)
     net = model.build(config)
     trainer = loop.Loop(config, tf.distribute.get_strategy(), net,
-                        model.make_optimizer(config), config.batch_size)
+                        model.make_optimizer(config, total_steps), config.batch_size)
     return trainer, checkpoints.make_managers(trainer.checkpoint, trainer.best_weights, config,
                                               checkpoint_dir)
 
@@ -251,3 +252,24 @@ def test_health_tells_a_dip_from_a_divergence():
     assert loop.Health(0.69).divergence(0.7) is None
     assert loop.Health(0.69).divergence(1e6).startswith("training loss exploded")  # Far, once.
     assert loop.Health(0.69).divergence(float("nan")) == "training loss became nan"
+
+
+def test_a_resumed_schedule_goes_on_from_the_checkpointed_step_at_this_commands_rate(tmp_path):
+    config = tiny_config(epochs=2, lr_schedule="cosine", warmup_steps=2,
+                         checkpoint_dir=str(tmp_path))
+    datasets = tiny_datasets(config)
+    total = loop.make_plan(config, datasets.train_examples, 1).total_steps
+    trainer, managers = make_loop(config, str(tmp_path), total)
+    recorder = Recorder()
+    fit(trainer, datasets, recorder, *managers)
+    assert trainer.step == total == 12
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # Decayed.
+
+    # Resumed with 2 more epochs and twice the peak: the schedule is this command's, rebuilt
+    # over the new total, on the restored step count (nothing of it is in the checkpoint).
+    longer = config.replace(epochs=4, learning_rate=2e-3)
+    resumed, _ = make_loop(longer, str(tmp_path), 2 * total)
+    assert train._restore(resumed, tf.distribute.get_strategy(), longer, True).endswith("ckpt-2")
+    assert resumed.step == 12
+    expected = 2e-3 * 0.5 * (1 + np.cos(np.pi * (12 - 2) / (24 - 2)))  # Cosine after warm-up.
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(expected, rel=1e-4)

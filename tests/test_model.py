@@ -50,3 +50,23 @@ def test_mixed_precision_keeps_the_output_float32_and_scales_the_loss():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert not isinstance(model.make_optimizer(Config()), keras.optimizers.LossScaleOptimizer)
+
+
+def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
+    optimizer.iterations.assign(step)
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def test_the_default_rate_is_adams_constant_and_a_schedule_follows_the_step_count():
+    assert model.learning_rate_schedule(Config(), total_steps=100) == 1e-3
+    cosine = model.make_optimizer(Config(lr_schedule="cosine", warmup_steps=10,
+                                         learning_rate=2e-3), total_steps=110)
+    cosine.build([keras.Variable(0.0)])
+    assert _rate_at(cosine, 0) == 0.0  # The warm-up starts from 0 ...
+    assert _rate_at(cosine, 5) == pytest.approx(1e-3)  # ... rises linearly ...
+    assert _rate_at(cosine, 10) == pytest.approx(2e-3)  # ... to the peak,
+    assert _rate_at(cosine, 60) == pytest.approx(1e-3)  # then halves halfway down,
+    assert _rate_at(cosine, 110) == pytest.approx(0.0, abs=1e-9)  # and ends at 0.
+    warm = model.make_optimizer(Config(warmup_steps=4), total_steps=50)
+    warm.build([keras.Variable(0.0)])
+    assert [_rate_at(warm, step) for step in (2, 4, 50)] == pytest.approx([5e-4, 1e-3, 1e-3])
