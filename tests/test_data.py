@@ -127,7 +127,7 @@ def test_archive_members_escaping_their_folder_are_refused(tmp_path, member):
 @pytest.mark.parametrize("review, byte", [
     (b"caf\xe9 latin-1 text", 3),
     # Past the first chunk read, with a UTF-8 character cut by the chunk before it.
-    (b"x" * (imdb.READ_CHUNK - 1) + "\u00e9".encode() + b"y" * 99 + b"\xff", 2**20 + 100),
+    (b"x" * (data.READ_CHUNK - 1) + "\u00e9".encode() + b"y" * 99 + b"\xff", 2**20 + 100),
 ])
 def test_review_that_is_not_utf8_names_the_file_and_byte(tmp_path, make_path, review, byte):
     files = aclimdb_files(2)

@@ -17,10 +17,12 @@ One batch's journey::
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import re
 import string
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 import keras
 import numpy as np
@@ -44,6 +46,8 @@ _CHARS_PER_TOKEN = 64
 # Never keep less than this: the longest real IMDB review is under 14,000 characters, so
 # none of them is ever cut and the vocabulary still counts every word of every one.
 _MIN_KEPT_CHARS = 32_768
+
+READ_CHUNK = 1 << 20  # Bytes of a review read at a time: a huge one is never held whole.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,48 @@ def text_limit(config: Config) -> TextLimit:
     """What --max_len tokens, truncated on the --padding side, can use of a review."""
     return TextLimit(max(_MIN_KEPT_CHARS, config.max_len * _CHARS_PER_TOKEN),
                      from_end=config.padding == "pre")
+
+
+def object_array(items: list) -> np.ndarray:
+    """A 1-D object array of ``items``, each kept as it is.
+
+    ``np.array(items)`` would make strings one fixed width, the longest's.
+    """
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def read_text(stream: BinaryIO, limit: TextLimit, path: str, name: str) -> str:
+    """Decodes one review as UTF-8 a chunk at a time, keeping ``limit``'s characters.
+
+    Every byte is checked, but at most a chunk and the kept characters are held,
+    so a review of any size costs no more than a long one.
+
+    Raises:
+      UserError: the review is not valid UTF-8 (the message names the byte).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    kept, offset = "", 0
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        pending = len(decoder.getstate()[0])  # Bytes of a character cut by the last chunk.
+        try:
+            text = decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: review {name} is not valid UTF-8 ({error.reason} at byte "
+                            f"{offset - pending + error.start}); re-encode it as UTF-8 or "
+                            "delete it.") from None
+        offset += len(chunk)
+        if text:
+            kept = limit.cut(kept + text)
+        if not chunk:
+            return kept
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line, at most 200 characters."""
+    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True)

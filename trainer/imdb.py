@@ -5,13 +5,13 @@ The three sources of the Large Movie Review Dataset: an aclImdb folder or
 Keras imdb.npz (pre-tokenized ids). Each takes a path (and a ``data.TextLimit``)
 and returns ``(train, test)`` Splits whose class ids are ``CLASSES``' (0
 negative, 1 positive); ``trainer.sources`` registers them as readers. A file
-that is not what it should be ends in one ``UserError`` line. ``read_text``,
-``one_line``, ``object_array`` and ``READ_CHUNK`` serve ``trainer.tables`` too.
+that is not what it should be ends in one ``UserError`` line. The reading
+helpers every reader shares (``data.read_text``, ``data.one_line``) are in
+``trainer.data``, beside ``TextLimit``.
 """
 
 from __future__ import annotations
 
-import codecs
 import lzma
 import os
 import re
@@ -19,12 +19,11 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import Split, TextLimit
+from trainer.data import READ_CHUNK, Split, TextLimit, object_array, one_line, read_text
 from trainer.errors import UserError
 
 CLASSES = ("negative", "positive")
@@ -36,7 +35,6 @@ _LABELS = {"neg": 0, "pos": 1}
 _LAYOUT_HINT = ("expected the aclImdb layout: aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt "
                 "(the official aclImdb_v1.tar.gz or the labeled part of it)")
 _TFDS_BATCH = 1024  # Reviews per tfds read.
-READ_CHUNK = 1 << 20  # Bytes of a review read at a time: a huge one is never held whole.
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # A zip's first bytes (an empty zip's too).
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _INT32_MAX = np.iinfo(np.int32).max
@@ -81,43 +79,6 @@ def read_aclimdb(path: str, limit: TextLimit = _WHOLE) -> tuple[Split, Split]:
         Split(object_array([text for text, _ in items]),
               np.array([label for _, label in items], dtype=np.int32))
         for items in (splits["train"], splits["test"]))
-
-
-def object_array(items: list) -> np.ndarray:
-    """A 1-D object array of ``items``, each kept as it is.
-
-    ``np.array(items)`` would make strings one fixed width, the longest's.
-    """
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
-def read_text(stream: BinaryIO, limit: TextLimit, path: str, name: str) -> str:
-    """Decodes one review as UTF-8 a chunk at a time, keeping ``limit``'s characters.
-
-    Every byte is checked, but at most a chunk and the kept characters are held,
-    so a review of any size costs no more than a long one.
-
-    Raises:
-      UserError: the review is not valid UTF-8 (the message names the byte).
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    kept, offset = "", 0
-    while True:
-        chunk = stream.read(READ_CHUNK)
-        pending = len(decoder.getstate()[0])  # Bytes of a character cut by the last chunk.
-        try:
-            text = decoder.decode(chunk, final=not chunk)
-        except UnicodeDecodeError as error:
-            raise UserError(f"{path}: review {name} is not valid UTF-8 ({error.reason} at byte "
-                            f"{offset - pending + error.start}); re-encode it as UTF-8 or "
-                            "delete it.") from None
-        offset += len(chunk)
-        if text:
-            kept = limit.cut(kept + text)
-        if not chunk:
-            return kept
 
 
 def _read_folder(root: str, limit: TextLimit) -> Iterator[tuple[str, str, str, str]]:
@@ -220,10 +181,6 @@ def _open_archive(path: str) -> tarfile.TarFile:
         raise UserError(f"--data_path={path} is not a readable .tar.gz archive "
                         f"({one_line(error)}); {hint}") from None
 
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line, at most 200 characters."""
-    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def read_tfds(data_dir: str, limit: TextLimit = _WHOLE) -> tuple[Split, Split]:

@@ -34,8 +34,8 @@ from absl import logging
 
 from trainer import data
 from trainer.config import Config
+from trainer.data import READ_CHUNK, object_array, one_line, read_text
 from trainer.errors import UserError
-from trainer.imdb import READ_CHUNK, object_array, one_line, read_text
 
 # surrogateescape turns each byte that is not UTF-8 into one of these, so a bad byte is
 # found in the row that holds it instead of somewhere in a decoder's read-ahead.
