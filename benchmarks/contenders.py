@@ -18,11 +18,11 @@ contender at a time, and collects the timings.
   with ``--steps_per_loop=20``.
 
 Both harness contenders run ``trainer.train.epoch_batches`` and
-``Loop.train_steps``, the path ``Loop.fit`` takes. ``torch_lstm``
-(``benchmarks/torch_contender.py``) races where PyTorch is installed. The archive
-is read once; each process adapts the vocabulary on the same training reviews and
-vectorizes through ``trainer.data`` before any clock starts, so every contender
-sees the same reviews as the same ids.
+``Loop.train_steps``, the path ``Loop.fit`` takes. ``torch_lstm`` and
+``torch_lstm_padded`` (``benchmarks/torch_contender.py``) race where PyTorch is
+installed. The archive is read once; each process adapts the vocabulary on the
+same training reviews and vectorizes through ``trainer.data`` before any clock
+starts, so every contender sees the same reviews as the same ids.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ FORWARD_FLOPS_PER_TIMESTEP = 2 * 4 * 100 * (32 + 100)
 TRAIN_FLOPS_PER_TIMESTEP = 3 * FORWARD_FLOPS_PER_TIMESTEP
 
 NAMES = ("article_code", "harness_article", "harness_fast")
-TORCH = torch_contender.NAME  # Only where PyTorch is installed (``startable`` skips it).
+TORCH = torch_contender.NAMES  # Only where PyTorch is installed (``startable`` skips them).
 
 
 def log(message: str) -> None:
@@ -304,7 +304,7 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
       seed: initialization and shuffling.
       **changes: Config fields applied to every harness contender.
     """
-    if name in ("article_code", TORCH):
+    if name == "article_code" or name in TORCH:
         return None
     base, _, spec = name.partition(":")
     if base not in NAMES[1:]:
@@ -317,10 +317,10 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
 
 def startable(names: list[str], splits: data.Splits, seed: int,
               **changes: object) -> list[Isolated]:
-    """An ``Isolated`` per name, skipping (with a message) ``torch_lstm`` without PyTorch."""
+    """An ``Isolated`` per name, skipping (with a message) PyTorch's contenders without it."""
     racers = []
     for name in names:
-        if name == TORCH and (why := torch_contender.available()):
+        if name in TORCH and (why := torch_contender.available()):
             log(why)
             continue
         racers.append(Isolated(name, splits, seed, **changes))
@@ -392,8 +392,8 @@ def _serve(conn: Connection, name: str, splits: data.Splits, seed: int,
         distribute.set_intra_op_threads(distribute.intra_op_threads(
             config, num_gpus=len(tf.config.list_physical_devices("GPU"))))
     reviews = vectorize(splits)
-    if name == TORCH:
-        racer = torch_contender.TorchLSTM(reviews, seed)
+    if name in TORCH:
+        racer = torch_contender.TorchLSTM(reviews, seed, packed=name == torch_contender.NAME)
     else:
         racer = ArticleCode(reviews, seed) if config is None else Harness(name, reviews, config)
     while (message := conn.recv()) != "stop":

@@ -12,8 +12,9 @@ of them alike; ratios are taken within a round, and the median over rounds is
 reported. The JSON on stdout holds examples/sec, the speed-up over the
 article's code, the LSTM's achieved GFLOP/s against a dense matmul timed in
 the same run, and whether the input pipeline keeps up (real pipeline vs the
-same batches held in memory). ``torch_lstm`` (PyTorch, ``benchmarks/torch_contender.py``)
-races too where PyTorch is installed, and is skipped with a message where it is not.
+same batches held in memory). ``torch_lstm`` and ``torch_lstm_padded`` (PyTorch,
+``benchmarks/torch_contender.py``) race too where PyTorch is installed, and are skipped
+with a message where it is not.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Training reviews per epoch, class-balanced (0 = all 25,000).")
     parser.add_argument("--rounds", type=int, default=3, help="Timed epochs per contender.")
     parser.add_argument("--contenders",
-                        default=",".join((*contenders.NAMES, contenders.TORCH)),
+                        default=",".join((*contenders.NAMES, *contenders.TORCH)),
                         help=f"Comma-separated, from {', '.join(contenders.NAMES)}, "
-                             f"{contenders.TORCH}, or variants such as "
+                             f"{', '.join(contenders.TORCH)}, or variants such as "
                              "harness_fast:bucket_window_batches=10.")
     parser.add_argument("--steps_per_loop", type=int, default=0,
                         help="Override the harness's --steps_per_loop (0 = its default).")

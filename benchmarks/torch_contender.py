@@ -1,13 +1,25 @@
 """PyTorch as a contender: the article's model as PyTorch users write it, on the same token ids.
 
-``torch_lstm``: ``nn.Embedding(10000, 32) -> nn.LSTM(32, 100) -> nn.Linear(100, 1)``,
-batches of 64 reviews (at most 500 tokens, the article's ``max_len``) shuffled each
-epoch, each batch sorted by length and packed (``pack_padded_sequence``) so the LSTM
-runs over each review's own tokens only, Adam at 1e-3, ``BCEWithLogitsLoss``. Denormals
-are flushed to zero (``torch.set_flush_denormal``), as TensorFlow does on a CPU;
-PyTorch's threads are its defaults. PyTorch is installed for the benchmarks only
-(``pip install torch==2.13.0``); without it ``available()`` says why and the
-benchmarks skip this contender.
+``nn.Embedding(10000, 32) -> nn.LSTM(32, 100) -> nn.Linear(100, 1)``, Adam at 1e-3,
+``BCEWithLogitsLoss``, batches of 64 reviews (at most 500 tokens, the article's
+``max_len``) in length-sorted batches: each epoch the reviews are shuffled, cut
+into pools of ``POOL_BATCHES`` batches, each pool sorted by length and cut into
+batches, and the batches shuffled (torchtext's ``BucketIterator``). Two ways to
+feed the LSTM, two contenders:
+
+- ``torch_lstm``: right-padded and packed (``pack_padded_sequence``), so the LSTM
+  runs over each review's own tokens only: PyTorch's documented idiom.
+- ``torch_lstm_padded``: left-padded to the batch's longest review and not packed,
+  so the LSTM reads a few padding steps first (as the article's pre-padding does)
+  and its last state follows the review's last token. On a CPU oneDNN's fused LSTM
+  kernel takes only unpacked input or packed batches of one length; packed batches
+  of several lengths run PyTorch's step-by-step kernel (``benchmarks/README.md``
+  has the measured difference).
+
+Denormals are flushed to zero (``torch.set_flush_denormal``), as TensorFlow does on
+a CPU; PyTorch's threads are its defaults. PyTorch is installed for the benchmarks
+only (``pip install torch==2.13.0``); without it ``available()`` says why and the
+benchmarks skip these contenders.
 """
 
 from __future__ import annotations
@@ -19,37 +31,44 @@ import numpy as np
 from trainer import data
 from trainer.config import Config
 
-NAME = "torch_lstm"
-MAX_LEN, BATCH = 500, 64
+NAME, PADDED = "torch_lstm", "torch_lstm_padded"
+NAMES = (NAME, PADDED)
+MAX_LEN, BATCH, POOL_BATCHES = 500, 64, 100
 
 
 def available() -> str | None:
-    """None if PyTorch can be imported, else the message to skip the contender with."""
+    """None if PyTorch can be imported, else the message to skip the contenders with."""
     try:
         import torch  # noqa: F401
     except ImportError as error:
-        return f"skipping {NAME}: PyTorch is not installed ({error}); pip install torch==2.13.0"
+        return (f"skipping {', '.join(NAMES)}: PyTorch is not installed ({error}); "
+                "pip install torch==2.13.0")
     return None
 
 
 class TorchLSTM:
-    """The article's model in PyTorch, on ``reviews`` (a ``contenders.Reviews``)."""
+    """The article's model in PyTorch, on ``reviews`` (a ``contenders.Reviews``).
 
-    name = NAME
+    Args:
+      reviews: the vectorized splits.
+      seed: initialization and shuffling.
+      packed: pack each batch (``torch_lstm``), or left-pad it (``torch_lstm_padded``).
+    """
 
-    def __init__(self, reviews: object, seed: int) -> None:
+    def __init__(self, reviews: object, seed: int, packed: bool = True) -> None:
         import torch
 
         torch.set_flush_denormal(True)
         torch.manual_seed(seed)
-        self.torch = torch
+        self.torch, self.packed = torch, packed
+        self.name = NAME if packed else PADDED
         self.rng = np.random.default_rng(seed)
         encoding = Config(max_len=MAX_LEN, padding="post")
         self.train_ids = _id_lists(reviews, reviews.splits.train, encoding)
         self.train_labels = reviews.splits.train.labels.astype(np.float32)
         self.test_ids = _id_lists(reviews, reviews.splits.test, encoding)
         self.test_labels = reviews.splits.test.labels.astype(np.float32)
-        self.model = _Net(torch)
+        self.model = _Net(torch, packed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.loss = torch.nn.BCEWithLogitsLoss()
         self._order: list[np.ndarray] = []
@@ -77,9 +96,7 @@ class TorchLSTM:
         from benchmarks.contenders import Epoch
 
         if not self._order:
-            order = self.rng.permutation(len(self.train_ids))
-            # Full batches only, as the harness (drop_remainder); the article keeps the rest.
-            self._order = [order[i:i + BATCH] for i in range(0, len(order) - BATCH + 1, BATCH)]
+            self._order = length_sorted_batches(_lengths(self.train_ids), self.rng)
         start, examples, timesteps = time.perf_counter(), 0, 0
         for _ in range(steps):
             if not self._order:
@@ -90,37 +107,58 @@ class TorchLSTM:
         return Epoch(time.perf_counter() - start, examples, timesteps), not self._order
 
     def _step(self, rows: np.ndarray) -> int:
-        torch = self.torch
+        """One training step; returns the LSTM's timesteps (padding included)."""
         self.model.train()
-        ids, lengths = _packed_batch(torch, [self.train_ids[r] for r in rows])
-        labels = torch.from_numpy(self.train_labels[rows][np.argsort(-_lengths(
-            [self.train_ids[r] for r in rows]), kind="stable")])
+        ids, lengths, order = _batch(self.torch, [self.train_ids[r] for r in rows],
+                                     self.packed)
+        labels = self.torch.from_numpy(self.train_labels[rows][order])
         self.optimizer.zero_grad()
         loss = self.loss(self.model(ids, lengths), labels)
         loss.backward()
         self.optimizer.step()
         self.losses.append(loss.item())
-        return int(lengths.sum())
+        return int(lengths.sum()) if self.packed else int(ids.numel())
 
     def test_accuracy(self) -> float:
+        """Accuracy on the test split, in batches of 256 sorted by length (fewer padded steps)."""
         torch = self.torch
         self.model.eval()
+        by_length = np.argsort(_lengths(self.test_ids), kind="stable")
         correct = 0
         with torch.no_grad():
-            for start in range(0, len(self.test_ids), 256):
-                batch = self.test_ids[start:start + 256]
-                order = np.argsort(-_lengths(batch), kind="stable")
-                ids, lengths = _packed_batch(torch, batch)
+            for start in range(0, len(by_length), 256):
+                rows = by_length[start:start + 256]
+                ids, lengths, order = _batch(torch, [self.test_ids[r] for r in rows],
+                                             self.packed)
                 logits = self.model(ids, lengths).numpy()
-                labels = self.test_labels[start:start + 256][order]
+                labels = self.test_labels[rows][order]
                 correct += int(((logits > 0) == (labels > 0.5)).sum())
         return correct / len(self.test_ids)
 
     def settings(self) -> dict:
         return {"framework": f"PyTorch {self.torch.__version__}", "max_len": MAX_LEN,
-                "batch_size": BATCH, "packed": True, "flush_denormal": True,
+                "batch_size": BATCH, "packed": self.packed,
+                "padding": "post" if self.packed else "pre",
+                "length_sorted_pools_of_batches": POOL_BATCHES, "flush_denormal": True,
                 "intra_op_threads": self.torch.get_num_threads(),
-                "loop": "a Python loop over packed, length-sorted batches"}
+                "loop": "a Python loop over length-sorted batches"}
+
+
+def length_sorted_batches(lengths: np.ndarray, rng: np.random.Generator,
+                          batch: int = BATCH, pool_batches: int = POOL_BATCHES
+                          ) -> list[np.ndarray]:
+    """One epoch's batches of row indices, each of reviews of about one length.
+
+    The rows are shuffled and cut into pools of ``pool_batches`` batches; each pool
+    is sorted by length (stably) and cut into batches; the batches are shuffled.
+    Full batches only, as the harness (``drop_remainder``).
+    """
+    order = rng.permutation(len(lengths))
+    pool = batch * pool_batches
+    sorted_ = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                              for chunk in np.split(order, range(pool, len(order), pool))])
+    batches = [sorted_[i:i + batch] for i in range(0, len(sorted_) - batch + 1, batch)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _id_lists(reviews: object, split: data.Split, config: Config) -> list[np.ndarray]:
@@ -133,17 +171,25 @@ def _lengths(rows: list[np.ndarray]) -> np.ndarray:
     return np.array([len(row) for row in rows])
 
 
-def _packed_batch(torch: object, rows: list[np.ndarray]) -> tuple[object, object]:
-    """Right-padded ids ``[batch, longest]`` and lengths, sorted longest first (for packing)."""
+def _batch(torch: object, rows: list[np.ndarray], packed: bool
+           ) -> tuple[object, object, np.ndarray]:
+    """Ids ``[batch, longest]``, lengths, and the rows' order in them.
+
+    Packed: right-padded, sorted longest first (``pack_padded_sequence`` wants that).
+    Not packed: left-padded, in the rows' own order.
+    """
     lengths = _lengths(rows)
-    order = np.argsort(-lengths, kind="stable")
+    order = np.argsort(-lengths, kind="stable") if packed else np.arange(len(rows))
     padded = np.zeros((len(rows), lengths.max()), np.int64)
     for index, row in enumerate(order):
-        padded[index, :lengths[row]] = rows[row]
-    return torch.from_numpy(padded), torch.from_numpy(lengths[order])
+        if packed:
+            padded[index, :lengths[row]] = rows[row]
+        else:
+            padded[index, padded.shape[1] - lengths[row]:] = rows[row]
+    return torch.from_numpy(padded), torch.from_numpy(lengths[order]), order
 
 
-def _Net(torch: object) -> object:  # noqa: N802 (a factory standing in for the class)
+def _Net(torch: object, packed: bool) -> object:  # noqa: N802 (a factory standing in for the class)
     """The article's model: its users write this ``nn.Module``."""
 
     class Net(torch.nn.Module):
@@ -154,9 +200,11 @@ def _Net(torch: object) -> object:  # noqa: N802 (a factory standing in for the 
             self.dense = torch.nn.Linear(100, 1)
 
         def forward(self, ids: object, lengths: object) -> object:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(
-                self.embedding(ids), lengths, batch_first=True, enforce_sorted=True)
-            _, (h, _) = self.lstm(packed)
+            inputs = self.embedding(ids)
+            if packed:
+                inputs = torch.nn.utils.rnn.pack_padded_sequence(
+                    inputs, lengths, batch_first=True, enforce_sorted=True)
+            _, (h, _) = self.lstm(inputs)
             return self.dense(h[-1]).squeeze(-1)
 
     return Net()

@@ -16,10 +16,11 @@ def tiny_reviews(tmp_path) -> contenders.Reviews:
     return contenders.vectorize(contenders.load_splits(str(root), 0, 0, seed=1))
 
 
-def test_the_torch_contender_trains_and_its_loss_falls(tiny_reviews):
+@pytest.mark.parametrize("packed", [True, False], ids=["torch_lstm", "torch_lstm_padded"])
+def test_the_torch_contenders_train_and_their_loss_falls(tiny_reviews, packed):
     if why := torch_contender.available():
         pytest.skip(why)
-    racer = torch_contender.TorchLSTM(tiny_reviews, seed=1)
+    racer = torch_contender.TorchLSTM(tiny_reviews, seed=1, packed=packed)
     racer.warm_up()
     assert len(racer.losses) == 2
     epochs = []
@@ -30,14 +31,42 @@ def test_the_torch_contender_trains_and_its_loss_falls(tiny_reviews):
     losses = racer.losses[2:]
     assert len(losses) == 30
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
-    assert epochs[0].timesteps == sum(min(len(ids), 500) for ids in racer.train_ids)
+    real_steps = sum(min(len(ids), 500) for ids in racer.train_ids)
+    if packed:  # The LSTM ran over each review's own tokens only.
+        assert epochs[0].timesteps == real_steps
+    else:  # Left-padded to each batch's longest: a few padding steps more.
+        assert real_steps < epochs[0].timesteps < 2 * real_steps
     assert racer.test_accuracy() > 0.6
-    assert racer.settings()["packed"] is True
+    assert racer.settings()["packed"] is packed
+    assert racer.name == ("torch_lstm" if packed else "torch_lstm_padded")
+
+
+def test_length_sorted_batches_hold_every_review_once_among_neighbours_in_length():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 500, size=64 * 250 + 17)
+    batches = torch_contender.length_sorted_batches(lengths, np.random.default_rng(1))
+    rows = np.concatenate(batches)
+    assert len(batches) == 250 and len(set(rows.tolist())) == len(rows)  # Full batches only.
+    spread = np.array([np.ptp(lengths[batch]) for batch in batches])
+    assert np.median(spread) < 0.05 * np.ptp(lengths)  # Sorted within pools of 100 batches.
+    mean_lengths = [lengths[batch].mean() for batch in batches[:20]]
+    assert mean_lengths != sorted(mean_lengths)  # The batches themselves are shuffled.
+    again = torch_contender.length_sorted_batches(lengths, np.random.default_rng(2))
+    assert not np.array_equal(np.concatenate(again), rows)  # A new order every epoch.
+
+
+def test_the_padded_contender_left_pads_so_the_last_step_is_the_last_token():
+    torch = pytest.importorskip("torch")
+    rows = [np.array([5, 6, 7]), np.array([8])]
+    ids, lengths, order = torch_contender._batch(torch, rows, packed=False)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and order.tolist() == [0, 1]
+    ids, lengths, order = torch_contender._batch(torch, rows[::-1], packed=True)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and lengths.tolist() == [3, 1]
 
 
 def test_without_torch_the_contender_is_skipped_with_a_message(monkeypatch, capsys,
                                                                 tiny_reviews):
     monkeypatch.setattr(torch_contender, "available", lambda: "skipping torch_lstm: no torch")
-    racers = contenders.startable([contenders.TORCH], tiny_reviews.splits, seed=1)
+    racers = contenders.startable(list(contenders.TORCH), tiny_reviews.splits, seed=1)
     assert racers == []
-    assert capsys.readouterr().err == "skipping torch_lstm: no torch\n"
+    assert capsys.readouterr().err == "skipping torch_lstm: no torch\n" * 2
