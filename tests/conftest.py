@@ -32,14 +32,18 @@ def review_text(label: str, index: int) -> str:
     return " ".join(words).capitalize() + ".<br /><br />" + cue[index % len(cue)].upper() + "!"
 
 
-def aclimdb_files(per_class: int = 12, unsup: bool = False) -> dict[str, bytes]:
-    """{member name: bytes} of an aclImdb tree with per_class reviews per split and class."""
+def aclimdb_files(per_class: int = 12, unsup: bool = False,
+                  repeat: int = 1) -> dict[str, bytes]:
+    """{member name: bytes} of an aclImdb tree with per_class reviews per split and class.
+
+    ``repeat`` writes each review's text that many times (about 20 tokens each).
+    """
     files = {"aclImdb/README": b"tiny test copy\n", "aclImdb/imdb.vocab": b"the\n"}
     for split in ("train", "test"):
         for label in ("pos", "neg"):
             for i in range(per_class):
                 rating = 8 if label == "pos" else 2
-                text = review_text(label, i + (100 if split == "test" else 0))
+                text = " ".join([review_text(label, i + (100 if split == "test" else 0))] * repeat)
                 files[f"aclImdb/{split}/{label}/{i}_{rating}.txt"] = text.encode()
     if unsup:
         files["aclImdb/train/unsup/0_0.txt"] = b"unlabeled review that must be skipped"
@@ -89,6 +93,17 @@ def shared_file(variable: str, default: Path, what: str) -> Path:
 def tiny_aclimdb(tmp_path: Path) -> Path:
     """An aclImdb folder with 12 reviews per split and class."""
     return write_tree(tmp_path / "tree", aclimdb_files())
+
+
+@pytest.fixture(scope="session")
+def small_aclimdb(tmp_path_factory) -> Path:
+    """An aclImdb folder of 1,000 + 1,000 reviews of 60-100 tokens, written in a second.
+
+    For runs that test faults, resumes and scale-out rather than accuracy: reading the
+    real archive costs every trainer process several seconds (84 MB of gzip).
+    """
+    return write_tree(tmp_path_factory.mktemp("small_aclimdb"),
+                      aclimdb_files(per_class=500, repeat=4))
 
 
 @pytest.fixture

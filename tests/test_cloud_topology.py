@@ -42,11 +42,11 @@ def files_under(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_chief_and_worker_train_together_and_only_the_chief_writes(imdb_archive, tmp_path):
+def test_chief_and_worker_train_together_and_only_the_chief_writes(small_aclimdb, tmp_path):
     chief_port, worker_port = free_ports(2)
     chief, worker = f"localhost:{chief_port}", f"localhost:{worker_port}"
     model_dir = tmp_path / "model"
-    flags = ["--smoke_test", f"--data_path={imdb_archive}", "--max_train_examples=400",
+    flags = ["--smoke_test", f"--data_path={small_aclimdb}", "--max_train_examples=400",
              "--max_test_examples=200", "--max_len=64", "--epochs=1", "--strategy=multi_worker",
              f"--model_dir={model_dir}"]
     processes = {}

@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import REPO, free_ports, trainer_env
 
-# 576 training reviews (64 held out) of at most 64 tokens: 36 steps per epoch at batch 16.
+# 576 training reviews (64 held out) of 64 tokens: 36 steps per epoch at batch 16. The
+# reviews are synthetic (tests.conftest.small_aclimdb): what is tested is the cluster.
 SMALL = ["--max_train_examples=640", "--max_test_examples=320", "--max_len=64",
          "--batch_size=16", "--epochs=2", "--early_stopping_patience=0", "--log_every_steps=4"]
 
@@ -79,11 +80,11 @@ def weights(model_dir: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_two_replicas_and_two_workers_match_one_device(run_trainer, imdb_archive, tmp_path):
+def test_two_replicas_and_two_workers_match_one_device(run_trainer, small_aclimdb, tmp_path):
     # A clip norm below every step's gradient norm: clipping must not depend on replicas.
     # Several steps per call: length-bucketed batches change width from step to step, and
     # with the (default) dense embedding gradient every collective keeps its shape.
-    flags = [f"--data_path={imdb_archive}", *SMALL, "--epochs=1", "--clip_norm=0.01",
+    flags = [f"--data_path={small_aclimdb}", *SMALL, "--epochs=1", "--clip_norm=0.01",
              "--steps_per_loop=4"]
     one = tmp_path / "one"
     assert run_trainer(*flags, f"--model_dir={one}").returncode == 0
@@ -111,8 +112,8 @@ def test_two_replicas_and_two_workers_match_one_device(run_trainer, imdb_archive
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_worker_saves_on_all_and_the_group_resumes(imdb_archive, tmp_path):
-    flags = [f"--data_path={imdb_archive}", *SMALL, "--epochs=3"]
+def test_sigterm_to_one_worker_saves_on_all_and_the_group_resumes(small_aclimdb, tmp_path):
+    flags = [f"--data_path={small_aclimdb}", *SMALL, "--epochs=3"]
     model_dir = tmp_path / "run"
     group = Group(model_dir, flags)
     group.wait_for(0, "epoch 2/3 | step ")
@@ -137,10 +138,10 @@ def test_sigterm_to_one_worker_saves_on_all_and_the_group_resumes(imdb_archive, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
-def test_a_lost_worker_stops_the_other_with_one_line_and_the_group_resumes(imdb_archive,
+def test_a_lost_worker_stops_the_other_with_one_line_and_the_group_resumes(small_aclimdb,
                                                                           tmp_path, how):
     """kill -9 closes its connections at once; a frozen worker only stops its heartbeats."""
-    flags = [f"--data_path={imdb_archive}", *SMALL, "--epochs=3", "--checkpoint_every_steps=8"]
+    flags = [f"--data_path={small_aclimdb}", *SMALL, "--epochs=3", "--checkpoint_every_steps=8"]
     model_dir = tmp_path / "run"
     group = Group(model_dir, flags)
     group.wait_for(0, "epoch 2/3 | step ")

@@ -280,6 +280,15 @@ def test_run_keeps_the_keras_model_beside_the_export(small_run):
     net = keras.saving.load_model(str(small_run / "model.keras"))
     assert net.count_params() == json.loads((small_run / "metrics.json").read_text())[
         "num_params"]
+    # A user's own script loads it with Keras alone (no trainer import registering LeanLSTM).
+    path = str(small_run / "model.keras")
+    script = (f"import keras, numpy as np; net = keras.saving.load_model({path!r}); "
+              "print(float(net.predict(np.array([[5, 6, 7]]), verbose=0)[0, 0]))")
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=300, env=CPU_ONLY, cwd="/")
+    assert process.returncode == 0, process.stderr[-3000:]
+    mine = float(net.predict(np.array([[5, 6, 7]]), verbose=0)[0, 0])
+    assert float(process.stdout.splitlines()[-1]) == pytest.approx(mine, abs=1e-5)
 
 
 THREE = Task(("world", "sports", "business"))

@@ -2,7 +2,7 @@
 
 Each test runs a script with tests/fakebin first on PATH and asserts exactly what it asked
 the cloud (or the trainer) for. Nothing here reaches a network. The one slow test runs
-launch/multiworker.sh for real: two trainer processes on a small IMDB subset.
+launch/multiworker.sh for real: two trainer processes on small synthetic reviews.
 """
 
 from __future__ import annotations
@@ -727,7 +727,7 @@ print(json.dumps(encoding.MessageToDict(spec)))
 
 
 @pytest.mark.slow
-def test_multiworker_trains_for_real_with_two_workers(tmp_path, imdb_archive):
+def test_multiworker_trains_for_real_with_two_workers(tmp_path, small_aclimdb):
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update(PYTHON=sys.executable, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -739,7 +739,7 @@ def test_multiworker_trains_for_real_with_two_workers(tmp_path, imdb_archive):
     proc = subprocess.run(
         ["bash", str(LAUNCH / "multiworker.sh"), "2", "--", "--smoke_test",
          "--max_train_examples=400", "--max_test_examples=200", "--epochs=1",
-         f"--data_path={imdb_archive}", f"--model_dir={model_dir}"],
+         f"--data_path={small_aclimdb}", f"--model_dir={model_dir}"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in model_dir.glob("*.log"))
     assert proc.returncode == 0, proc.stderr + logs
@@ -767,7 +767,7 @@ exec {shlex.quote(sys.executable)} "${{args[@]}}"
 
 @pytest.mark.slow
 def test_spot_preemption_on_gce_checkpoints_then_the_next_boot_resumes(
-        launch, tmp_path, imdb_archive):
+        launch, tmp_path, small_aclimdb):
     """The VM's two scripts with a real trainer, a local folder standing in for the bucket.
 
     Boot 1 trains until a progress line, then the shutdown script (what Compute Engine
@@ -779,7 +779,7 @@ def test_spot_preemption_on_gce_checkpoints_then_the_next_boot_resumes(
     metadata.mkdir()
     (metadata / "output-dir").write_text(str(bucket))
     (metadata / "source-uri").write_text(str(REPO))
-    flags = ["--smoke_test", f"--data_path={imdb_archive}", "--max_train_examples=600",
+    flags = ["--smoke_test", f"--data_path={small_aclimdb}", "--max_train_examples=600",
              "--max_test_examples=200", "--max_len=64", "--epochs=2", "--batch_size=16",
              "--checkpoint_every_steps=2", "--log_every_steps=1"]
     (metadata / "trainer-args").write_text(shlex.join(flags))

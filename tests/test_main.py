@@ -165,9 +165,9 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes(imdb_archive,
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_the_same_command_finishes_like_no_kill(
-        run_trainer, imdb_archive, tmp_path):
+        run_trainer, small_aclimdb, tmp_path):
     # 900 training reviews (100 held out) at batch 16: 56 steps per epoch, 168 in all.
-    flags = [f"--data_path={imdb_archive}", "--max_train_examples=1000",
+    flags = [f"--data_path={small_aclimdb}", "--max_train_examples=1000",
              "--max_test_examples=400", "--max_len=64", "--batch_size=16", "--epochs=3",
              "--checkpoint_every_steps=7", "--log_every_steps=10"]
     reference = run_trainer(*flags, f"--model_dir={tmp_path / 'uninterrupted'}")

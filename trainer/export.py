@@ -105,18 +105,20 @@ def write_labels(folder: str, class_names: Sequence[str]) -> None:
                             lambda f: f.write("".join(f"{name}\n" for name in class_names)))
 
 
-def serving_model(config: Config, net: keras.Model, task: Task | None = None) -> keras.Model:
-    """A float32 copy of ``net`` whose LSTM is Keras' generic one, with ``net``'s weights.
+def serving_model(config: Config, net: keras.Model, task: Task | None = None,
+                  use_cudnn: bool | str = False) -> keras.Model:
+    """A float32 copy of ``net`` whose LSTM is Keras' own, with ``net``'s weights.
 
     ``LeanLSTM`` traces TensorFlow's ``BlockLSTM`` on a CPU, and Keras' LSTM
     traces ``CudnnRNNV3`` when a GPU is present, which then cannot run on a
     CPU-only server; ``keras.layers.LSTM(use_cudnn=False)`` computes the same
     function with ops every device has. float32 because mixed precision is a
     training-speed setting (float16 is slow on a CPU); the weights are float32
-    either way.
+    either way. ``use_cudnn="auto"`` is for ``model.keras``, which Keras
+    rebuilds on whatever device loads it, with no ``trainer`` import needed.
     """
     with _dtype_policy("float32"):
-        copy = model.build(config.replace(lean_lstm=False), use_cudnn=False, task=task)
+        copy = model.build(config.replace(lean_lstm=False), use_cudnn=use_cudnn, task=task)
     copy.set_weights(net.get_weights())
     return copy
 

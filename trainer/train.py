@@ -362,7 +362,8 @@ def write_outputs(config: Config, net: keras.Model,
                                 lambda f: f.write("\n".join(vectorizer.get_vocabulary()) + "\n"))
     export.write_labels(model_dir, classes.class_names)
     with rundir.renamed_into_place(f"{model_dir}/{MODEL_FILE}", suffix=".keras") as temporary:
-        net.save(temporary)
+        # Keras' own layers only, so that keras.saving.load_model needs no trainer import.
+        export.serving_model(config, net, classes, use_cudnn="auto").save(temporary)
     export_path = export.save(config, net, vectorizer, classes)
     if export_path:
         metrics["export_path"] = export_path
