@@ -109,15 +109,15 @@ class TorchLSTM:
     def _step(self, rows: np.ndarray) -> int:
         """One training step; returns the LSTM's timesteps (padding included)."""
         self.model.train()
-        ids, lengths, order = _batch(self.torch, [self.train_ids[r] for r in rows],
-                                     self.packed)
+        ids, lengths, order = padded_batch([self.train_ids[r] for r in rows], self.packed)
         labels = self.torch.from_numpy(self.train_labels[rows][order])
         self.optimizer.zero_grad()
-        loss = self.loss(self.model(ids, lengths), labels)
+        loss = self.loss(self.model(self.torch.from_numpy(ids), self.torch.from_numpy(lengths)),
+                         labels)
         loss.backward()
         self.optimizer.step()
         self.losses.append(loss.item())
-        return int(lengths.sum()) if self.packed else int(ids.numel())
+        return int(lengths.sum()) if self.packed else int(ids.size)
 
     def test_accuracy(self) -> float:
         """Accuracy on the test split, in batches of 256 sorted by length (fewer padded steps)."""
@@ -128,9 +128,9 @@ class TorchLSTM:
         with torch.no_grad():
             for start in range(0, len(by_length), 256):
                 rows = by_length[start:start + 256]
-                ids, lengths, order = _batch(torch, [self.test_ids[r] for r in rows],
-                                             self.packed)
-                logits = self.model(ids, lengths).numpy()
+                ids, lengths, order = padded_batch([self.test_ids[r] for r in rows],
+                                                   self.packed)
+                logits = self.model(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
                 labels = self.test_labels[rows][order]
                 correct += int(((logits > 0) == (labels > 0.5)).sum())
         return correct / len(self.test_ids)
@@ -171,9 +171,9 @@ def _lengths(rows: list[np.ndarray]) -> np.ndarray:
     return np.array([len(row) for row in rows])
 
 
-def _batch(torch: object, rows: list[np.ndarray], packed: bool
-           ) -> tuple[object, object, np.ndarray]:
-    """Ids ``[batch, longest]``, lengths, and the rows' order in them.
+def padded_batch(rows: list[np.ndarray], packed: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids ``[batch, longest]``, lengths, and the rows' order in them (NumPy, for torch).
 
     Packed: right-padded, sorted longest first (``pack_padded_sequence`` wants that).
     Not packed: left-padded, in the rows' own order.
@@ -186,7 +186,7 @@ def _batch(torch: object, rows: list[np.ndarray], packed: bool
             padded[index, :lengths[row]] = rows[row]
         else:
             padded[index, padded.shape[1] - lengths[row]:] = rows[row]
-    return torch.from_numpy(padded), torch.from_numpy(lengths[order]), order
+    return padded, lengths[order], order
 
 
 def _Net(torch: object, packed: bool) -> object:  # noqa: N802 (a factory standing in for the class)

@@ -56,11 +56,10 @@ def test_length_sorted_batches_hold_every_review_once_among_neighbours_in_length
 
 
 def test_the_padded_contender_left_pads_so_the_last_step_is_the_last_token():
-    torch = pytest.importorskip("torch")
-    rows = [np.array([5, 6, 7]), np.array([8])]
-    ids, lengths, order = torch_contender._batch(torch, rows, packed=False)
+    rows = [np.array([5, 6, 7]), np.array([8])]  # NumPy only: runs without PyTorch too.
+    ids, lengths, order = torch_contender.padded_batch(rows, packed=False)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and order.tolist() == [0, 1]
-    ids, lengths, order = torch_contender._batch(torch, rows[::-1], packed=True)
+    ids, lengths, order = torch_contender.padded_batch(rows[::-1], packed=True)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and lengths.tolist() == [3, 1]
 
 

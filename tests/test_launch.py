@@ -1,8 +1,9 @@
 """Offline tests of launch/*.sh: fake gcloud, docker, nvidia-smi (tests/fakebin) record calls.
 
 Each test runs a script with tests/fakebin first on PATH and asserts exactly what it asked
-the cloud (or the trainer) for. Nothing here reaches a network. The one slow test runs
-launch/multiworker.sh for real: two trainer processes on small synthetic reviews.
+the cloud (or the trainer) for. Nothing here reaches a network. The slow tests run real
+trainers on small synthetic reviews: launch/multiworker.sh with two workers, and the VM's
+startup and shutdown scripts through a spot preemption.
 """
 
 from __future__ import annotations
