@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
+from trainer import tf_log
 
 EXIT_FAILED, EXIT_NO_GPU = 1, 3  # 2, bad flags: argparse's own
 # Small runs: the point is what runs where, not accuracy.
@@ -52,6 +52,7 @@ print(json.dumps({"gpus": len(tf.config.list_physical_devices("GPU")),
 
 def visible_gpus() -> list[str]:
     """Names of the GPUs TensorFlow sees in this process."""
+    tf_log.import_tensorflow()  # Its C++ start-up notes kept to errors.
     import tensorflow as tf
 
     return [gpu.name for gpu in tf.config.list_physical_devices("GPU")]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, trainer_env
+from trainer import tf_log
 
 # One xdist_group: this module's smoke run is run once, on one test process.
 pytestmark = pytest.mark.xdist_group("console")
@@ -97,3 +98,13 @@ def test_a_bad_flag_is_one_line_before_tensorflow_loads():
     assert process.stderr.strip().splitlines() == [
         "error: flag --tf_log_level=9: 9 is not an integer in the range [0, 3] "
         "(see --helpfull)"]
+
+
+def test_tensorflows_start_up_lines_are_kept_to_the_level_and_other_lines_pass():
+    notice = b"WARNING: All log messages before absl::InitializeLog() is called are written\n"
+    info = b"I0000 00:00:1796219753.611665   24515 port.cc:153] oneDNN custom operations\n"
+    warning, error = b"W1202 13:41:23.7 1 x.cc:1] w\n", b"E1202 13:41:23.7 1 x.cc:1] e\n"
+    python_warning = b"/x.py:3: UserWarning: something a user should see\n"
+    lines = [notice, info, warning, error, python_warning]
+    assert [line for line in lines if tf_log._kept(line, 2)] == [error, python_warning]
+    assert [line for line in lines if tf_log._kept(line, 1)] == [warning, error, python_warning]

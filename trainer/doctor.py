@@ -25,7 +25,7 @@ from typing import Any
 from absl import app
 from absl import flags as absl_flags
 
-from trainer import flags, rundir
+from trainer import flags, rundir, tf_log
 from trainer.config import Config
 from trainer.errors import UserError, exit_with, parse_flags
 
@@ -35,7 +35,7 @@ _FOLDER_FLAGS = ("model_dir", "checkpoint_dir", "tensorboard_dir")
 def report(config: Config, new_run_dir: bool = False) -> tuple[list[str], list[str]]:
     """The screen's lines, and the problems that would stop the trainer (one line each).
 
-    Imports TensorFlow: call it after ``flags.set_tf_log_level``.
+    Imports TensorFlow: call it after ``tf_log.import_tensorflow``.
 
     Args:
       config: the run's settings, from the trainer's flags.
@@ -186,7 +186,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
                             "(see --helpfull).")
         config = flags.to_config()
-        flags.set_tf_log_level(absl_flags.FLAGS.tf_log_level)  # TensorFlow loads after this.
+        tf_log.import_tensorflow(absl_flags.FLAGS.tf_log_level)
         lines, problems = report(config, new_run_dir=not (absl_flags.FLAGS.model_dir
                                                           or os.environ.get("AIP_MODEL_DIR")))
     except UserError as error:

@@ -68,24 +68,6 @@ _define(
     "padding, clipping, the dense embedding gradient, the weights' average, LeanLSTM).",
     define=flags.DEFINE_bool)
 
-TF_QUIET_LEVEL = "2"  # TF_CPP_MIN_LOG_LEVEL by default: errors only, no start-up notes.
-
-
-def set_tf_log_level(level: int | None) -> None:
-    """Sets TF_CPP_MIN_LOG_LEVEL for TensorFlow, which reads it once, when it loads.
-
-    Every program with these flags calls it after parsing them and before
-    importing TensorFlow (or any module that does).
-
-    Args:
-      level: --tf_log_level; None keeps $TF_CPP_MIN_LOG_LEVEL, else TF_QUIET_LEVEL.
-    """
-    if level is None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_QUIET_LEVEL)
-    else:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
-
-
 def show_grouped_help(doc: str | None) -> None:
     """Makes ``--help`` print ``doc`` and then the project's flags in their groups.
 

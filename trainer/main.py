@@ -53,7 +53,7 @@ from absl import app  # noqa: E402 (after the signal handler above)
 from absl import flags as absl_flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from trainer import flags  # noqa: E402 (no TensorFlow: it loads after --tf_log_level)
+from trainer import flags, tf_log  # noqa: E402 (no TensorFlow: it loads after --tf_log_level)
 from trainer.errors import UserError, exit_code_and_line, exit_with, parse_flags  # noqa: E402
 
 
@@ -68,8 +68,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
                             "(see --help).")
         config = flags.to_config()  # Bad flags stop here, before TensorFlow's seconds.
-        flags.set_tf_log_level(absl_flags.FLAGS.tf_log_level)
-        # TensorFlow loads here, once its C++ log level is set.
+        tf_log.import_tensorflow(absl_flags.FLAGS.tf_log_level)  # At its C++ log level.
         from trainer import train
 
         _quiet_tensorflow_internals()

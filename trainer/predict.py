@@ -31,18 +31,19 @@ from __future__ import annotations
 
 import itertools
 import logging as py_logging
-import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C++ info noise.
+from trainer import tf_log
 
-import numpy as np
-from absl import app, flags
+tf_log.import_tensorflow()  # First: TensorFlow's C++ start-up notes kept to errors.
 
-from trainer import export
-from trainer.errors import UserError, exit_with, parse_flags
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from trainer import export  # noqa: E402
+from trainer.errors import UserError, exit_with, parse_flags  # noqa: E402
 
 PREVIEW_WORDS = 8  # Words of each review echoed back, so a line says which review it scores.
 
