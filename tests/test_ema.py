@@ -168,3 +168,21 @@ def test_warmup_momentum_values():
     assert float(ema.warmup_momentum(0, 0.99)) == 0.0
     np.testing.assert_allclose(float(ema.warmup_momentum(1, 0.99)), 2 / 11, rtol=1e-6)
     np.testing.assert_allclose(float(ema.warmup_momentum(10_000, 0.99)), 0.99, rtol=1e-6)
+
+
+def test_a_layers_learning_rate_scale_multiplies_only_its_weights_step():
+    """--embedding_lr_scale: Adam's first step is lr * sign(g); the embedding's is 10x that."""
+    embedding = keras.layers.Embedding(4, 2, name="embedding")
+    dense = keras.layers.Dense(1, name="dense")
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), embedding,
+                              keras.layers.Flatten(), dense])
+    optimizer = ema.WarmAdam(learning_rate=0.01, lr_scales={"embedding": 10.0})
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(tf.constant([[1, 2, 3]])))
+    optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    steps = {v.path: np.abs(v.numpy() - b).max()
+             for v, b in zip(model.trainable_variables, before, strict=True)}
+    assert steps[embedding.embeddings.path] == pytest.approx(0.1, rel=1e-3)
+    assert steps[dense.kernel.path] == pytest.approx(0.01, rel=1e-3)
+    assert ema.WarmAdam.from_config(optimizer.get_config()).lr_scales == {"embedding": 10.0}

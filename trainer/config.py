@@ -167,6 +167,14 @@ class Config:
         "Give Adam the embedding's gradient dense, each token's slices summed, so Adam "
         "squares a token's gradient as its math says. Off, Keras' Adam gets the sparse "
         "slices and squares each occurrence separately, as the article's model.fit does.")
+    embedding_lr_scale: float = setting(
+        "Training", 1.0,
+        "The embedding's learning rate as a multiple of --learning_rate (1 = the same). Most "
+        "of the weights are the embedding's rows, and a row learns only in the steps whose "
+        "reviews hold its token.")
+    adam_beta_2: float = setting(
+        "Training", 0.999,
+        "Adam's beta_2, the decay of its average of squared gradients (Keras: 0.999).")
     clip_norm: float = setting(
         "Training", 0.25,
         "Clip the gradient's global norm to this before each Adam step; 0 turns clipping off.")
@@ -309,6 +317,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "clip_norm": 0.0,
         "dense_embedding_gradient": False,
+        "embedding_lr_scale": 1.0,
+        "adam_beta_2": 0.999,
         "ema_momentum": 0.0,
         "lean_lstm": False,
     },
@@ -379,6 +389,10 @@ def _validate(config: Config) -> None:
     if not 0.0 <= config.ema_momentum < 1.0:
         raise UserError(f"--ema_momentum={config.ema_momentum} must be in [0, 1): 0 turns the "
                         "weight average off, 0.99 averages about the last 100 steps.")
+    if not config.embedding_lr_scale > 0:
+        raise UserError(f"--embedding_lr_scale={config.embedding_lr_scale} must be positive.")
+    if not 0.0 <= config.adam_beta_2 < 1.0:
+        raise UserError(f"--adam_beta_2={config.adam_beta_2} must be in [0, 1).")
     if config.clip_norm < 0:
         raise UserError(f"--clip_norm={config.clip_norm} must be 0 (off) or positive.")
     if config.vocab_size < 3:

@@ -15,6 +15,7 @@ from trainer.lstm import LeanLSTM
 from trainer.task import Task
 
 LSTM_LAYER_NAME = "lstm"
+EMBEDDING_LAYER_NAME = "embedding"
 
 
 def build(config: Config, use_cudnn: bool | str = "auto", task: Task | None = None) -> keras.Model:
@@ -42,7 +43,7 @@ def build(config: Config, use_cudnn: bool | str = "auto", task: Task | None = No
         [
             keras.Input(shape=(None,), dtype="int32", name="token_ids"),
             keras.layers.Embedding(config.vocab_size, config.embedding_dim,
-                                   mask_zero=config.uses_mask, name="embedding"),
+                                   mask_zero=config.uses_mask, name=EMBEDDING_LAYER_NAME),
             # Keras' defaults are the cuDNN-eligible ones (tanh, sigmoid, no recurrent
             # dropout, not unrolled, with bias); cudnn_blockers() checks they stay so.
             # LeanLSTM's fused CPU op needs the same settings (LeanLSTM.runs_lean).
@@ -63,13 +64,15 @@ def make_optimizer(config: Config, total_steps: int = 0) -> keras.optimizers.Opt
     the average in the model.
 
     Args:
-      config: learning_rate, lr_schedule, warmup_steps, ema_momentum.
+      config: learning_rate, lr_schedule, warmup_steps, ema_momentum,
+        embedding_lr_scale, adam_beta_2.
       total_steps: the run's training steps (``loop.Plan.total_steps``), where
         a cosine schedule ends.
     """
     optimizer = WarmAdam(
         learning_rate=learning_rate_schedule(config, total_steps),
-        use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum)
+        use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum,
+        beta_2=config.adam_beta_2, lr_scales={EMBEDDING_LAYER_NAME: config.embedding_lr_scale})
     if keras.config.dtype_policy().name == "mixed_float16":
         # float16 gradients underflow without it; bfloat16 has float32's range.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

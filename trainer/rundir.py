@@ -50,7 +50,8 @@ STATE_SETTINGS = ("vocab_size", "max_len", "embedding_dim", "lstm_units", "paddi
                   "text_column", "label_column", "test_split", "class_weight")
 # Settings that may change when a run is resumed: taken, logged, recorded.
 SAFE_SETTINGS = ("learning_rate", "lr_schedule", "warmup_steps", "epochs",
-                 "early_stopping_patience", "clip_norm", "ema_momentum", "log_every_steps",
+                 "early_stopping_patience", "clip_norm", "ema_momentum", "embedding_lr_scale",
+                 "adam_beta_2", "log_every_steps",
                  "checkpoint_every_steps", "keep_checkpoints", "steps_per_loop",
                  "profile_steps", "max_test_examples", "lean_lstm", "intra_op_threads",
                  "cluster_timeout_secs", "strategy", "num_gpus", "cpu_replicas", "data_path",
