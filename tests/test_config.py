@@ -45,6 +45,8 @@ def test_defaults_are_the_articles_model():
     ({"clip_norm": -1.0}, "--clip_norm=-1.0"),
     ({"ema_momentum": 1.0}, "--ema_momentum=1.0"),
     ({"ema_momentum": -0.5}, "--ema_momentum=-0.5"),
+    ({"embedding_lr_scale": 0.0}, "--embedding_lr_scale=0.0"),
+    ({"adam_beta_2": 1.0}, "--adam_beta_2=1.0"),
     ({"profile_steps": "5"}, "--profile_steps='5'"),
     ({"profile_steps": "9,3"}, "--profile_steps='9,3'"),
     ({"intra_op_threads": -1}, "--intra_op_threads=-1"),

@@ -52,6 +52,16 @@ def test_mixed_precision_keeps_the_output_float32_and_scales_the_loss():
     assert not isinstance(model.make_optimizer(Config()), keras.optimizers.LossScaleOptimizer)
 
 
+def test_the_embedding_rate_scale_and_beta_2_reach_adam_and_only_the_embedding():
+    config = Config(vocab_size=50, embedding_lr_scale=10.0, adam_beta_2=0.99)
+    net = model.build(config)
+    optimizer = model.make_optimizer(config)
+    optimizer.build(net.trainable_variables)
+    assert optimizer.beta_2 == 0.99
+    assert optimizer._variable_lr_scales == [10.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # The embedding first.
+    assert model.make_optimizer(Config()).lr_scales == {"embedding": 1.0}
+
+
 def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
     optimizer.iterations.assign(step)
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
