@@ -11,8 +11,8 @@ Each harness variant is ``python -m trainer.main`` in a process of its own, with
 ``--max_train_examples=6000 --max_test_examples=3000 --epochs=2
 --early_stopping_patience=0 --validation_split=0.02`` (``--train_flags``):
 ``warmup`` is the trainer as it is (``trainer.model.make_optimizer`` builds
-``trainer.ema.WarmAdam``), ``keras_ema`` the same with Keras' own Adam and its
-average in WarmAdam's place. ``article_code`` is ``contenders.ArticleCode``
+``trainer.ema.WarmAdam``), ``keras_ema`` the same with Keras' own average (no
+warm-up) in WarmAdam's place. ``article_code`` is ``contenders.ArticleCode``
 (``model.fit``, 2 epochs) on the same number of reviews. ``--smoke`` runs the smoke
 preset instead: ``--ema_momentum=0.99`` with the warm-up against Keras' average at
 0.9 (the preset's momentum before the warm-up) and at 0.99. Results (test accuracy
@@ -124,13 +124,19 @@ def _write(args: argparse.Namespace, runs: dict[str, dict[int, dict]]) -> dict:
 
 
 def child(optimizer: str) -> None:
-    """``trainer.main`` as it is ("warm"), or with Keras' Adam where it builds ``WarmAdam``."""
+    """``trainer.main`` as it is ("warm"), or with Keras' average where it builds ``WarmAdam``."""
     import keras
 
-    from trainer import main, model
+    from trainer import ema, main, model
+
+    class KerasAverage(ema.WarmAdam):
+        """WarmAdam (its rates per layer too) with Keras' average, which has no warm-up."""
+
+        _update_model_variables_moving_average = (
+            keras.optimizers.Adam._update_model_variables_moving_average)
 
     if optimizer == "keras":  # make_optimizer's settings and loss scaling stay the same.
-        model.WarmAdam = keras.optimizers.Adam
+        model.WarmAdam = KerasAverage
     main.run()
 
 
