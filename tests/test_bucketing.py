@@ -203,7 +203,6 @@ def test_the_fast_settings_are_the_default_and_the_articles_one_flag_away(monkey
     assert not article.bucket_by_length and not article.uses_mask and article.clip_norm == 0
     assert not article.dense_embedding_gradient and not article.lean_lstm
     assert article.ema_momentum == 0
-    assert (article.embedding_lr_scale, article.adam_beta_2) == (1.0, 0.999)  # Keras' Adam.
     assert parse("--article_settings", "--clip_norm=1", "--model_dir=/tmp/x").clip_norm == 1
     smoke = parse("--smoke_test", "--model_dir=/tmp/x")
     assert smoke.bucket_by_length and smoke.max_len == config_lib.PRESETS["smoke_test"]["max_len"]

@@ -59,7 +59,7 @@ def test_the_embedding_rate_scale_and_beta_2_reach_adam_and_only_the_embedding()
     optimizer.build(net.trainable_variables)
     assert optimizer.beta_2 == 0.99
     assert optimizer._variable_lr_scales == [10.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # The embedding first.
-    assert model.make_optimizer(Config()).lr_scales == {"embedding": 10.0}  # The default.
+    assert model.make_optimizer(Config()).lr_scales == {"embedding": 1.0}
 
 
 def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
