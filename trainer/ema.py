@@ -45,7 +45,7 @@ def warmup_momentum(step: object, momentum: float) -> object:
 
 @keras.saving.register_keras_serializable(package="trainer")
 class WarmAdam(keras.optimizers.Adam):
-    """``keras.optimizers.Adam`` whose weights' moving average has a warm-up.
+    """``keras.optimizers.Adam`` whose weights' moving average has a warm-up, rates per layer.
 
     Same variables, checkpoints and config as Adam, plus ``lr_scales``; the
     momentum of the average (``use_ema=True``) differs: see ``warmup_momentum``.
@@ -62,7 +62,7 @@ class WarmAdam(keras.optimizers.Adam):
     def __init__(self, lr_scales: dict[str, float] | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.lr_scales = dict(lr_scales or {})
-        self._variable_lr_scales: list[float] = []
+        self._variable_lr_scales: list[float] = []  # By variable index; set in build().
 
     def build(self, variables: list) -> None:
         """Adam's build, and each variable's multiple of the rate, by its index."""
@@ -76,8 +76,7 @@ class WarmAdam(keras.optimizers.Adam):
 
     def update_step(self, gradient: object, variable: object, learning_rate: object) -> None:
         """Adam's step, at the variable's multiple of the rate (a constant, traced once)."""
-        scale = (self._variable_lr_scales[self._get_variable_index(variable)]
-                 if self._variable_lr_scales else 1.0)
+        scale = self._variable_lr_scales[self._get_variable_index(variable)]  # apply() built it.
         if scale != 1.0:
             learning_rate = ops.multiply(learning_rate, scale)
         super().update_step(gradient, variable, learning_rate)
