@@ -9,14 +9,16 @@ not speed, so other work on the machine changes nothing but the duration)::
 
 Each harness variant is ``python -m trainer.main`` in a process of its own, with
 ``--max_train_examples=6000 --max_test_examples=3000 --epochs=2
---early_stopping_patience=0 --validation_split=0.02`` (``--train_flags``):
-``warmup`` is the trainer as it is (``trainer.model.make_optimizer`` builds
-``trainer.ema.WarmAdam``), ``keras_ema`` the same with Keras' own average (no
-warm-up) in WarmAdam's place. ``article_code`` is ``contenders.ArticleCode``
+--early_stopping_patience=0 --validation_split=0.02`` (``--train_flags``) and the
+variant's own flags (``VARIANTS``): ``defaults`` is the trainer as it is,
+``batch64_constant`` the defaults before the one-epoch recipe (batch 64, one constant
+rate, ``beta_2`` 0.999), ``keras_ema`` the defaults with Keras' own average (no
+warm-up) in ``trainer.ema.WarmAdam``'s. ``article_code`` is ``contenders.ArticleCode``
 (``model.fit``, 2 epochs) on the same number of reviews. ``--smoke`` runs the smoke
-preset instead: ``--ema_momentum=0.99`` with the warm-up against Keras' average at
-0.9 (the preset's momentum before the warm-up) and at 0.99. Results (test accuracy
-per run, means over seeds) go to ``--output`` as JSON, rewritten after every run.
+preset (``SMOKE_VARIANTS``): the defaults against ``--article_settings`` (the article's
+recipe on the preset's data) and ``batch64_constant``, or, named with ``--variants``,
+Keras' average at 0.9 and 0.99. Results (test accuracy per run, means over seeds) go to
+``--output`` as JSON, rewritten after every run.
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: C
 
 SMALL = ("--max_train_examples=6000 --max_test_examples=3000 --epochs=2 "
          "--early_stopping_patience=0 --validation_split=0.02")
+# The defaults before the one-epoch recipe (benchmarks/README.md): batch 64, one constant rate.
+BEFORE = "--batch_size=64 --embedding_lr_scale=1 --adam_beta_2=0.999 --lr_schedule=constant"
 # name: (optimizer class, extra trainer flags).
-VARIANTS = {"warmup": ("warm", ""), "keras_ema": ("keras", "")}
-SMOKE_VARIANTS = {"smoke_0.99_warmup": ("warm", "--smoke_test --ema_momentum=0.99"),
+VARIANTS = {"defaults": ("warm", ""), "batch64_constant": ("warm", BEFORE),
+            "keras_ema": ("keras", "")}
+SMOKE_VARIANTS = {"smoke_defaults": ("warm", "--smoke_test"),
+                  "smoke_article_settings": ("warm", "--smoke_test --article_settings"),
+                  "smoke_batch64_constant": ("warm", f"--smoke_test {BEFORE}"),
                   "smoke_0.9_keras_ema": ("keras", "--smoke_test --ema_momentum=0.9"),
                   "smoke_0.99_keras_ema": ("keras", "--smoke_test --ema_momentum=0.99")}
-
+DEFAULT_VARIANTS = "defaults,batch64_constant,article_code"
+DEFAULT_SMOKE_VARIANTS = "smoke_defaults,smoke_article_settings,smoke_batch64_constant"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,8 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_flags", default=SMALL, help="Flags of every harness run.")
     parser.add_argument("--smoke", action="store_true",
                         help="The smoke preset's variants instead (no article_code).")
+    parser.add_argument("--variants", default="",
+                        help=f"Comma-separated names (default {DEFAULT_VARIANTS}; with --smoke "
+                        f"{DEFAULT_SMOKE_VARIANTS}).")
     parser.add_argument("--output", required=True, help="JSON file, rewritten after each run.")
     args = parser.parse_args(argv)
+    known = SMOKE_VARIANTS if args.smoke else {**VARIANTS, "article_code": None}
+    args.variants = (args.variants or (DEFAULT_SMOKE_VARIANTS if args.smoke
+                                       else DEFAULT_VARIANTS)).split(",")
+    if unknown := sorted(set(args.variants) - set(known)):
+        parser.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(known)}.")
     if not args.data_path:
         parser.error("--data_path (or $IMDB_ARCHIVE) must name the aclImdb archive or folder.")
     return args
@@ -93,21 +109,20 @@ def _flag(flags: str, name: str, default: int) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    variants = SMOKE_VARIANTS if args.smoke else VARIANTS
-    runs: dict[str, dict[int, dict]] = {name: {} for name in variants}
-    if not args.smoke:
-        runs["article_code"] = {}
+    known = SMOKE_VARIANTS if args.smoke else VARIANTS
+    runs: dict[str, dict[int, dict]] = {name: {} for name in args.variants}
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name, (optimizer, extra) in variants.items():
-            flags = [f"--data_path={args.data_path}", f"--seed={seed}",
-                     *("" if args.smoke else args.train_flags).split(), *extra.split()]
-            runs[name][seed] = run_harness(optimizer, flags)
-            _write(args, runs)
-        if not args.smoke:
-            runs["article_code"][seed] = run_article(
-                args.data_path, seed, _flag(args.train_flags, "max_train_examples", 6000),
-                _flag(args.train_flags, "max_test_examples", 3000),
-                _flag(args.train_flags, "epochs", 2))
+        for name in args.variants:
+            if name == "article_code":
+                runs[name][seed] = run_article(
+                    args.data_path, seed, _flag(args.train_flags, "max_train_examples", 6000),
+                    _flag(args.train_flags, "max_test_examples", 3000),
+                    _flag(args.train_flags, "epochs", 2))
+            else:
+                optimizer, extra = known[name]
+                flags = [f"--data_path={args.data_path}", f"--seed={seed}",
+                         *("" if args.smoke else args.train_flags).split(), *extra.split()]
+                runs[name][seed] = run_harness(optimizer, flags)
             _write(args, runs)
     return _write(args, runs)
 

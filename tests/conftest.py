@@ -148,7 +148,7 @@ def run_trainer() -> Callable[..., subprocess.CompletedProcess]:
 
 @pytest.fixture(scope="session")
 def small_run(run_trainer, imdb_archive, tmp_path_factory) -> Path:
-    """One small smoke run (2 epochs of 14 steps) that profiles steps 3 to 5.
+    """One small smoke run (2 epochs of 28 steps) that profiles steps 3 to 5.
 
     Shared by the export and summaries tests: a trainer run is the slow part.
     Its stderr is kept in ``stderr.txt`` beside the outputs.

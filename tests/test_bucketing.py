@@ -172,7 +172,7 @@ def test_evaluating_batches_of_many_widths_traces_the_step_at_most_a_few_times(t
                     bucket_window_batches=1, max_len=60)
     encoded = encoded_split(list(range(1, 61)), config)
     strategy = tf.distribute.get_strategy()
-    trainer = loop.Loop(config, strategy, model.build(config), model.make_optimizer(config), 4)
+    trainer = loop.Loop(config, strategy, model.build(config), model.make_optimizer(config, 15), 4)
     batches = data.batches(encoded, config, global_batch_size=4)  # 15 batches, 15 widths.
     metrics = trainer.evaluate(batches, "test")
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
@@ -203,6 +203,7 @@ def test_the_fast_settings_are_the_default_and_the_articles_one_flag_away(monkey
     assert not article.bucket_by_length and not article.uses_mask and article.clip_norm == 0
     assert not article.dense_embedding_gradient and not article.lean_lstm
     assert article.ema_momentum == 0
+    assert (article.embedding_lr_scale, article.adam_beta_2) == (1.0, 0.999)  # Keras' Adam.
     assert parse("--article_settings", "--clip_norm=1", "--model_dir=/tmp/x").clip_norm == 1
     smoke = parse("--smoke_test", "--model_dir=/tmp/x")
     assert smoke.bucket_by_length and smoke.max_len == config_lib.PRESETS["smoke_test"]["max_len"]
@@ -222,7 +223,7 @@ def test_several_replicas_run_bucketed_batches_one_step_per_call_if_the_gradient
     config = Config(bucket_by_length=True, steps_per_loop=20, vocab_size=50, embedding_dim=4,
                     lstm_units=3, dense_embedding_gradient=False)
     trainer = loop.Loop(config, tf.distribute.get_strategy(), model.build(config),
-                        model.make_optimizer(config), 8)
+                        model.make_optimizer(config, 100), 8)
     assert trainer.steps_per_call == 20
     trainer.strategy = types.SimpleNamespace(num_replicas_in_sync=2)
     assert trainer.steps_per_call == 1

@@ -240,7 +240,7 @@ def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_r
 
 @pytest.mark.parametrize("changes, gpus, cores, expected", [
     ({}, 0, 2, 1),                                # LeanLSTM on a CPU: one thread per op.
-    ({"batch_size": 32}, 0, 16, 4),               # 4 chains of 8 rows, 4 threads each.
+    ({}, 0, 16, 4),                               # Batch 32: 4 chains of 8 rows, 4 threads.
     ({"batch_size": 64}, 0, 16, 2),               # 8 chains of 8 rows; the rest as threads.
     ({"batch_size": 64, "cpu_replicas": 2}, 0, 16, 2),  # 8 cores a replica: 4 chains of 8.
     ({}, 1, 2, 0),                                # A GPU runs cuDNN: TensorFlow's choice.

@@ -60,7 +60,10 @@ def fit(trainer: loop.Loop, datasets: loop.Datasets, reporter, *managers) -> loo
 
 
 def make_loop(config: Config, checkpoint_dir: str,
-              total_steps: int = 0) -> tuple[loop.Loop, tuple]:
+              total_steps: int | None = None) -> tuple[loop.Loop, tuple]:
+    """A Loop and its checkpoint managers; the schedule spans tiny_datasets' run by default."""
+    if total_steps is None:
+        total_steps = loop.make_plan(config, tiny_datasets(config).train_examples, 1).total_steps
     tf.keras.utils.set_random_seed(config.seed)
     net = model.build(config)
     trainer = loop.Loop(config, tf.distribute.get_strategy(), net,
@@ -231,7 +234,6 @@ def test_an_exploding_loss_stops_and_sets_aside_the_checkpoints_it_did_not_vouch
                        embedding_lr_scale=1.0)
     exploding, managers = make_loop(more, str(tmp_path))
     exploding.checkpoint.restore(good)
-    exploding.optimizer.learning_rate = 1e30  # What train.py does with a resumed run's new rate.
     with pytest.raises(loop.TrainingDivergedError, match="Try a lower --learning_rate"):
         fit(exploding, tiny_datasets(more), Recorder(), *managers)
     # Whatever was saved after the last healthy loss is in diverged/, so the run resumes

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from trainer import config as config_lib
 from trainer import model
 from trainer.config import Config
 
@@ -46,20 +47,20 @@ def test_mixed_precision_keeps_the_output_float32_and_scales_the_loss():
         out = net(np.ones((2, 8), np.int32))
         assert net.get_layer("lstm").compute_dtype == "float16"
         assert out.dtype == "float32"
-        assert isinstance(model.make_optimizer(config), keras.optimizers.LossScaleOptimizer)
+        assert isinstance(model.make_optimizer(config, 100), keras.optimizers.LossScaleOptimizer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert not isinstance(model.make_optimizer(Config()), keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(model.make_optimizer(Config(), 100), keras.optimizers.LossScaleOptimizer)
 
 
 def test_the_embedding_rate_scale_and_beta_2_reach_adam_and_only_the_embedding():
     config = Config(vocab_size=50, embedding_lr_scale=10.0, adam_beta_2=0.99)
     net = model.build(config)
-    optimizer = model.make_optimizer(config)
+    optimizer = model.make_optimizer(config, 100)
     optimizer.build(net.trainable_variables)
     assert optimizer.beta_2 == 0.99
     assert optimizer._variable_lr_scales == [10.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # The embedding first.
-    assert model.make_optimizer(Config()).lr_scales == {"embedding": 1.0}
+    assert model.make_optimizer(Config(), 100).lr_scales == {"embedding": 10.0}  # The default.
 
 
 def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
@@ -67,8 +68,16 @@ def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def test_the_default_rate_is_adams_constant_and_a_schedule_follows_the_step_count():
-    assert model.learning_rate_schedule(Config(), total_steps=100) == 1e-3
+def test_the_default_rate_is_a_cosine_over_the_run_and_the_articles_adams_constant():
+    default = model.make_optimizer(Config(), total_steps=100)
+    default.build([keras.Variable(0.0)])
+    assert [_rate_at(default, step) for step in (0, 50, 100)] == pytest.approx(
+        [1e-3, 5e-4, 0.0], abs=1e-9)
+    article = Config(**config_lib.PRESETS["article_settings"])
+    assert model.learning_rate_schedule(article, total_steps=100) == 1e-3
+    assert model.learning_rate_schedule(Config(lr_schedule="constant"), total_steps=100) == 1e-3
+    with pytest.raises(ValueError, match="needs the run's step count"):  # Else 0 after step 1.
+        model.make_optimizer(Config(), total_steps=0)
     cosine = model.make_optimizer(Config(lr_schedule="cosine", warmup_steps=10,
                                          learning_rate=2e-3), total_steps=110)
     cosine.build([keras.Variable(0.0)])
@@ -77,6 +86,6 @@ def test_the_default_rate_is_adams_constant_and_a_schedule_follows_the_step_coun
     assert _rate_at(cosine, 10) == pytest.approx(2e-3)  # ... to the peak,
     assert _rate_at(cosine, 60) == pytest.approx(1e-3)  # then halves halfway down,
     assert _rate_at(cosine, 110) == pytest.approx(0.0, abs=1e-9)  # and ends at 0.
-    warm = model.make_optimizer(Config(warmup_steps=4), total_steps=50)
+    warm = model.make_optimizer(Config(lr_schedule="constant", warmup_steps=4), total_steps=50)
     warm.build([keras.Variable(0.0)])
     assert [_rate_at(warm, step) for step in (2, 4, 50)] == pytest.approx([5e-4, 1e-3, 1e-3])

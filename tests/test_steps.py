@@ -20,7 +20,7 @@ def tiny(task: Task, **changes) -> tuple[Config, loop.Loop]:
     tf.keras.utils.set_random_seed(0)
     net = model.build(config, task=task)
     return config, loop.Loop(config, tf.distribute.get_strategy(), net,
-                             model.make_optimizer(config), config.batch_size, task=task)
+                             model.make_optimizer(config, 100), config.batch_size, task=task)
 
 
 def test_a_train_call_returns_named_sums_of_the_steps_it_ran():

@@ -128,7 +128,7 @@ MIRRORED_SUMS = textwrap.dedent("""
         keras.utils.set_random_seed(1)
         with strategy.scope():
             net = model.build(config, task=task)
-            optimizer = model.make_optimizer(config)
+            optimizer = model.make_optimizer(config, 100)
         trainer = loop.Loop(config, strategy, net, optimizer, 8, task=task)
         tally = trainer.tally(batches)
         out[name] = {"replicas": strategy.num_replicas_in_sync, "count": tally.count,

@@ -56,7 +56,7 @@ def build(config: Config, use_cudnn: bool | str = "auto", task: Task | None = No
     )
 
 
-def make_optimizer(config: Config, total_steps: int = 0) -> keras.optimizers.Optimizer:
+def make_optimizer(config: Config, total_steps: int) -> keras.optimizers.Optimizer:
     """Adam at the rate ``learning_rate_schedule`` gives, keeping the weights' moving average.
 
     Wrapped in loss scaling under mixed_float16. Call inside ``strategy.scope()``
@@ -89,6 +89,9 @@ def learning_rate_schedule(config: Config, total_steps: int
     """
     if config.lr_schedule == "constant" and not config.warmup_steps:
         return config.learning_rate
+    if total_steps < 1:  # A schedule over no steps would leave the rate at 0 after step 1.
+        raise ValueError(f"--lr_schedule={config.lr_schedule} needs the run's step count, "
+                         f"not total_steps={total_steps}.")
     warm = config.warmup_steps
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warm else config.learning_rate,

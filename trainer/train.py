@@ -135,6 +135,10 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
                                                           checkpoint_dir)
         latest = _restore(trainer, strategy, config, chief)
         if chief:
+            if latest is not None:  # Each setting a resume may change, said when it does.
+                for name, (old, new) in manifest.safe_changes(config).items():
+                    logging.info("--%s changed from %s to %s: training goes on with %s",
+                                 name, old, new, new)
             manifest.record_attempt(config, state, new_run=latest is None,
                                     by_overwrite=config.overwrite, resumed_from=latest)
         reporter = summaries.Summaries(config, chief, net, optimizer,
@@ -294,9 +298,7 @@ def _restore(trainer: loop.Loop, strategy: tf.distribute.Strategy, config: Confi
     if not isinstance(model.learning_rate_schedule(config, 1), float):
         return latest  # A schedule: rebuilt from this command's flags, never checkpointed.
     restored_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
-    if not np.isclose(restored_rate, config.learning_rate, rtol=1e-6):
-        logging.info("--learning_rate changed from %g to %g: training goes on at %g",
-                     restored_rate, config.learning_rate, config.learning_rate)
+    if not np.isclose(restored_rate, config.learning_rate, rtol=1e-6):  # Logged by run().
         trainer.optimizer.learning_rate = config.learning_rate
     return latest
 
