@@ -55,10 +55,10 @@ _GROUP_OF["tf_log_level"] = "Outputs"
 _define(
     "article_settings", "Presets", False,
     "The article's exact recipe: every review pre-padded and pre-truncated to --max_len=500, "
-    "no mask, no length bucketing, no gradient clipping, Adam 1e-3 (beta_2 0.999, one rate "
-    "for every weight) on the sparse embedding gradient as model.fit gives it, the last "
-    "weights (no average), Keras' own LSTM layer, batch 64. Flags given explicitly still "
-    "win over the preset.", define=flags.DEFINE_bool)
+    "no mask, no length bucketing, no gradient clipping, Adam at a constant 1e-3 (beta_2 "
+    "0.999, one rate for every weight) on the sparse embedding gradient as model.fit gives "
+    "it, the last weights (no average), Keras' own LSTM layer, batch 64. Flags given "
+    "explicitly still win over the preset.", define=flags.DEFINE_bool)
 _define(
     "smoke_test", "Presets", False,
     "Prove the whole path quickly: a few thousand reviews, short sequences, few epochs. Flags "
