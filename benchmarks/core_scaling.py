@@ -30,13 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=10, help="Batches timed per round.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Rows per batch.")
     return parser.parse_args(argv)
 
 
-def kernel_run(cores: int, batches: int) -> dict:
+def kernel_run(cores: int, batches: int, batch_size: int) -> dict:
     """One ``benchmarks.lstm_kernel`` round confined to the first ``cores`` cores."""
     command = ["taskset", "-c", ",".join(str(c) for c in range(cores)), sys.executable, "-m",
-               "benchmarks.lstm_kernel", "--rounds=1", f"--batches={batches}"]
+               "benchmarks.lstm_kernel", "--rounds=1", f"--batches={batches}",
+               f"--batch_size={batch_size}"]
     process = subprocess.run(command, capture_output=True, text=True, check=False)
     if process.returncode:
         raise RuntimeError(f"{command} exited {process.returncode}:\n{process.stderr[-3000:]}")
@@ -48,14 +50,15 @@ def main(argv: list[str] | None = None) -> dict:
     rates: dict[str, dict[int, list[float]]] = {}
     for round_index in range(args.rounds):
         for cores, layer in LAYER_FOR_CORES.items():
-            result = kernel_run(cores, args.batches)
+            result = kernel_run(cores, args.batches, args.batch_size)
             for shape, numbers in result.items():
                 if isinstance(numbers, dict):
                     rate = numbers[f"{layer}_examples_per_sec"]
                     rates.setdefault(shape, {1: [], 2: []})[cores].append(rate)
                     log(f"round {round_index + 1} {shape} {cores} core(s), {layer}: "
                         f"{rate:.0f} examples/s")
-    summary = {"benchmark": "core_scaling", "rounds": args.rounds, "layers": LAYER_FOR_CORES}
+    summary = {"benchmark": "core_scaling", "rounds": args.rounds, "batch_size": args.batch_size,
+               "layers": LAYER_FOR_CORES}
     for shape, by_cores in rates.items():
         summary[shape] = {
             "one_core_examples_per_sec": by_cores[1],

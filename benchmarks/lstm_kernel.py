@@ -36,13 +36,15 @@ import tensorflow as tf
 from benchmarks.contenders import log
 from trainer.lstm import LeanLSTM
 
-BATCH, FEATURES, UNITS = 64, 32, 100
+FEATURES, UNITS = 32, 100
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=10, help="Batches timed per round.")
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="Rows per batch (the article's 64; the defaults train at 32).")
     parser.add_argument("--intra_op_threads", type=int, default=1,
                         help="Threads per op for the whole process (0 = TensorFlow's choice).")
     return parser.parse_args(argv)
@@ -66,21 +68,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     rng = np.random.default_rng(0)
+    batch = args.batch_size
     layers = {"keras": keras.layers.LSTM(UNITS), "lean_1_chain": LeanLSTM(UNITS, chains=1),
               "lean_2_chains": LeanLSTM(UNITS, chains=2)}
     for layer in layers.values():
         layer.build((None, None, FEATURES))
         layer.set_weights(layers["keras"].get_weights())
     steps = {name: training_step(layer) for name, layer in layers.items()}
-    lengths = rng.integers(150, 218, size=BATCH)  # Like a bucket of IMDB reviews.
+    lengths = rng.integers(150, 218, size=batch)  # Like a bucket of IMDB reviews.
     shapes = {
         "article_500_steps_no_mask": (500, None),
         "bucketed_217_steps_masked": (217, tf.constant(np.arange(217) < lengths[:, None])),
     }
-    result: dict = {"benchmark": "lstm_kernel", "batch_size": BATCH, "rounds": args.rounds,
+    result: dict = {"benchmark": "lstm_kernel", "batch_size": batch, "rounds": args.rounds,
                     "batches_per_round": args.batches, "intra_op_threads": args.intra_op_threads}
     for shape_name, (width, mask) in shapes.items():
-        inputs = tf.constant(rng.normal(size=(BATCH, width, FEATURES)).astype(np.float32))
+        inputs = tf.constant(rng.normal(size=(batch, width, FEATURES)).astype(np.float32))
         for step in steps.values():
             step(inputs, mask)  # Trace and warm up.
         rates: dict[str, list[float]] = {name: [] for name in steps}
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                 start = time.perf_counter()
                 for _ in range(args.batches):
                     step(inputs, mask).numpy()
-                rates[name].append(BATCH * args.batches / (time.perf_counter() - start))
+                rates[name].append(batch * args.batches / (time.perf_counter() - start))
             log(f"{shape_name} round {round_index + 1}: "
                 + ", ".join(f"{name} {r[-1]:.0f} examples/s" for name, r in rates.items()))
         result[shape_name] = {

@@ -95,7 +95,6 @@ def _race(racers: list[contenders.Isolated], args: argparse.Namespace, train_rev
         "benchmark": "throughput",
         "train_reviews": train_reviews,
         "rounds": args.rounds,
-        "batch_size": 64,
         "matmul_2048_gflops": round(peak, 1),
         "lstm_flops_formula": "per example-timestep: 3 x 2 x 4 x units x (input + units) = "
                               f"{contenders.TRAIN_FLOPS_PER_TIMESTEP} (forward + 2x backward)",
