@@ -49,6 +49,12 @@ SMOKE_VARIANTS = {"smoke_defaults": ("warm", "--smoke_test"),
 DEFAULT_VARIANTS = "defaults,batch64_constant,article_code"
 DEFAULT_SMOKE_VARIANTS = "smoke_defaults,smoke_article_settings,smoke_batch64_constant"
 
+
+def _known(smoke: bool) -> dict[str, tuple[str, str]]:
+    """The harness variants ``--variants`` may name (``article_code`` runs apart from them)."""
+    return SMOKE_VARIANTS if smoke else VARIANTS
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", default=os.environ.get("IMDB_ARCHIVE", ""))
@@ -61,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"{DEFAULT_SMOKE_VARIANTS}).")
     parser.add_argument("--output", required=True, help="JSON file, rewritten after each run.")
     args = parser.parse_args(argv)
-    known = SMOKE_VARIANTS if args.smoke else {**VARIANTS, "article_code": None}
+    known = [*_known(args.smoke), *([] if args.smoke else ["article_code"])]
     args.variants = (args.variants or (DEFAULT_SMOKE_VARIANTS if args.smoke
                                        else DEFAULT_VARIANTS)).split(",")
     if unknown := sorted(set(args.variants) - set(known)):
@@ -109,7 +115,7 @@ def _flag(flags: str, name: str, default: int) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    known = SMOKE_VARIANTS if args.smoke else VARIANTS
+    known = _known(args.smoke)
     runs: dict[str, dict[int, dict]] = {name: {} for name in args.variants}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in args.variants:
