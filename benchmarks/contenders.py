@@ -116,7 +116,7 @@ class ArticleCode:
     def __init__(self, reviews: Reviews, seed: int) -> None:
         # The article's encoding: pad_sequences(maxlen=500), pre-padded and pre-truncated.
         self.max_len = 500
-        encoding = Config(max_len=self.max_len, padding="pre")
+        encoding = Config(max_len=self.max_len, padding="pre", truncating="pre")
         self.x_train, self.y_train = _padded_arrays(reviews, reviews.splits.train, encoding)
         self.x_test, self.y_test = _padded_arrays(reviews, reviews.splits.test, encoding)
         keras.utils.set_random_seed(seed)
@@ -161,7 +161,8 @@ class ArticleCode:
         return float(self.model.evaluate(self.x_test, self.y_test, verbose=0)[1])
 
     def settings(self) -> dict:
-        return {"padding": "pre", "max_len": self.max_len, "mask": False, "batch_size": 64,
+        return {"padding": "pre", "truncating": "pre", "max_len": self.max_len, "mask": False,
+                "batch_size": 64,
                 "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                 "loop": "model.fit on NumPy arrays"}
 
@@ -281,7 +282,8 @@ class Harness:
 
     def settings(self) -> dict:
         config = self.config
-        return {"padding": config.padding, "max_len": config.max_len, "mask": config.uses_mask,
+        return {"padding": config.padding, "truncating": config.truncating,
+                "max_len": config.max_len, "mask": config.uses_mask,
                 "bucket_by_length": config.bucket_by_length,
                 "bucket_window_batches": config.bucket_window_batches,
                 "batch_size": config.batch_size, "steps_per_loop": config.steps_per_loop,

@@ -63,7 +63,8 @@ class TorchLSTM:
         self.torch, self.packed = torch, packed
         self.name = NAME if packed else PADDED
         self.rng = np.random.default_rng(seed)
-        encoding = Config(max_len=MAX_LEN, padding="post")
+        # The same tokens as every contender: each review's last MAX_LEN (pad_sequences').
+        encoding = Config(max_len=MAX_LEN, padding="post", truncating="pre")
         self.train_ids = _id_lists(reviews, reviews.splits.train, encoding)
         self.train_labels = reviews.splits.train.labels.astype(np.float32)
         self.test_ids = _id_lists(reviews, reviews.splits.test, encoding)
@@ -138,7 +139,7 @@ class TorchLSTM:
     def settings(self) -> dict:
         return {"framework": f"PyTorch {self.torch.__version__}", "max_len": MAX_LEN,
                 "batch_size": BATCH, "packed": self.packed,
-                "padding": "post" if self.packed else "pre",
+                "padding": "post" if self.packed else "pre", "truncating": "pre",
                 "length_sorted_pools_of_batches": POOL_BATCHES, "flush_denormal": True,
                 "intra_op_threads": self.torch.get_num_threads(),
                 "loop": "a Python loop over length-sorted batches"}

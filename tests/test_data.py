@@ -142,14 +142,16 @@ def test_review_that_is_not_utf8_names_the_file_and_byte(tmp_path, make_path, re
 def test_text_limit_keeps_what_max_len_tokens_can_use_on_the_truncated_side():
     assert data.text_limit(Config(max_len=500)).chars >= 20_000  # Real reviews: < 14,000.
     assert data.text_limit(Config(max_len=4000)).chars == 4000 * data._CHARS_PER_TOKEN
-    assert data.text_limit(Config(padding="pre")).from_end
+    assert data.text_limit(Config()).from_end  # Keras' default: a review's last tokens.
+    assert data.text_limit(Config(padding="pre", truncating="pre")).from_end
+    assert not data.text_limit(Config(padding="pre", truncating="post")).from_end
     assert data.TextLimit(3).cut("abcdef") == "abc"
     assert data.TextLimit(3, from_end=True).cut("abcdef") == "def"
     assert data.TextLimit().cut("abcdef") == "abcdef"
 
 
 # The smallest window there is, kept from the end: what the IMDB tests below read with.
-_SMALLEST_WINDOW = Config(max_len=8, padding="pre")
+_SMALLEST_WINDOW = Config(max_len=8, truncating="pre")
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +169,8 @@ def test_no_real_review_is_cut_so_encode_is_unchanged(imdb_archive, imdb_cut):
     assert list(cut_test.reviews) == list(whole_test.reviews)
     longest = np.argsort([len(review) for review in whole_train.reviews])[-500:]
     vectorizer = data.make_vectorizer(whole_train.take(longest), config)
-    for padding in ("pre", "post"):
-        config = Config(max_len=200, padding=padding)
+    for truncating in ("pre", "post"):
+        config = Config(max_len=200, truncating=truncating)
         whole = data.encode(whole_train.take(longest), vectorizer, config)
         cut = data.encode(cut_train.take(longest), vectorizer, config)
         assert whole.ids.to_list() == cut.ids.to_list()
@@ -176,10 +178,10 @@ def test_no_real_review_is_cut_so_encode_is_unchanged(imdb_archive, imdb_cut):
 
 @pytest.mark.parametrize("make_path", [write_tree, lambda tmp, files: write_archive(
     tmp / "a.tar.gz", files)], ids=["folder", "archive"])
-@pytest.mark.parametrize("padding", ["pre", "post"])
+@pytest.mark.parametrize("truncating", ["pre", "post"])
 def test_a_huge_review_is_cut_on_read_and_the_model_sees_the_same_tokens(tmp_path, make_path,
-                                                                         padding):
-    config = Config(max_len=64, padding=padding, vocab_size=2000)
+                                                                         truncating):
+    config = Config(max_len=64, truncating=truncating, vocab_size=2000)
     words = " ".join(f"w{i % 997}" for i in range(400_000))  # About 2 MB, on one line.
     files = aclimdb_files(2)
     files["aclImdb/train/pos/9_9.txt"] = words.encode()
@@ -189,7 +191,7 @@ def test_a_huge_review_is_cut_on_read_and_the_model_sees_the_same_tokens(tmp_pat
     index = [len(review) for review in whole.reviews].index(len(words))
     kept = cut.reviews[index]
     assert len(kept) == data.text_limit(config).chars
-    assert kept == (words[-len(kept):] if padding == "pre" else words[:len(kept)])
+    assert kept == (words[-len(kept):] if truncating == "pre" else words[:len(kept)])
     vectorizer = data.make_vectorizer(whole, config)
     assert (data.encode(cut, vectorizer, config).ids.to_list()
             == data.encode(whole, vectorizer, config).ids.to_list())
@@ -211,12 +213,14 @@ def test_vocabulary_comes_from_training_reviews_only():
     assert set(vocabulary[2:]) == {"good", "film", "bad"}
 
 
-@pytest.mark.parametrize("padding, expected", [
-    ("pre", [[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6]]),
-    ("post", [[5, 6, 7, 0, 0, 0], [9, 1, 2, 3, 4, 5]]),
+@pytest.mark.parametrize("padding, truncating, expected", [
+    ("pre", "pre", [[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 6]]),
+    ("post", "post", [[5, 6, 7, 0, 0, 0], [9, 1, 2, 3, 4, 5]]),
+    ("post", "pre", [[5, 6, 7, 0, 0, 0], [1, 2, 3, 4, 5, 6]]),  # The defaults.
+    ("pre", "post", [[0, 0, 0, 5, 6, 7], [9, 1, 2, 3, 4, 5]]),
 ])
-def test_batches_pad_and_truncate_on_the_padding_side(padding, expected):
-    config = Config(max_len=6, padding=padding)
+def test_batches_pad_and_truncate_each_on_its_own_side(padding, truncating, expected):
+    config = Config(max_len=6, padding=padding, truncating=truncating)
     split = data.Split(np.array([np.array([5, 6, 7]), np.array([9, 1, 2, 3, 4, 5, 6])],
                                 dtype=object), np.array([1, 0], np.int32))
     # Pre-tokenized ids pass through unchanged below --vocab_size.

@@ -135,10 +135,19 @@ def test_resume_refuses_what_would_mix_states_and_takes_what_is_safe(medium_acli
 
     for changed, needle in (("--batch_size=16", "--batch_size: 8 -> 16"),
                             ("--lstm_units=50", "--lstm_units: 100 -> 50"),
-                            ("--vocab_size=500", "--vocab_size: 10000 -> 500")):
+                            ("--vocab_size=500", "--vocab_size: 10000 -> 500"),
+                            ("--truncating=post", "--truncating: 'pre' -> 'post'")):
         refused = run(*base, changed)
         assert_one_line(refused, 2, needle, "--overwrite", "new --model_dir")
         assert "data:" not in refused.stderr  # Refused before the data is read.
+    # A run from before --truncating cut its reviews on the padding side (post).
+    manifest_path = model_dir / "manifest.json"
+    written = manifest_path.read_text()
+    older = json.loads(written)
+    del older["state"]["truncating"]
+    manifest_path.write_text(json.dumps(older))
+    assert_one_line(run(*base), 2, "--truncating: 'post' -> 'pre'", "--overwrite")
+    manifest_path.write_text(written)
     other_data = write_tree(tmp_path / "other", aclimdb_files(140))
     refused = run(*flags_for(other_data, model_dir))
     assert_one_line(refused, 2, "data_fingerprint", "--overwrite")

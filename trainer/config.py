@@ -132,9 +132,14 @@ class Config:
         "(cuDNN) either way. Off: keras.layers.LSTM everywhere, as the article.")
     padding: str = setting(
         "Model", "post",
-        "Side on which short reviews are padded and long ones truncated. pre is the article's "
-        "(Keras pad_sequences' default); post keeps a masked LSTM cuDNN-eligible on GPU.",
+        "Side on which short reviews are padded. pre is the article's (Keras pad_sequences' "
+        "default); post keeps a masked LSTM cuDNN-eligible on GPU.",
         choices=PADDINGS)
+    truncating: str = setting(
+        "Model", "pre",
+        "Side from which reviews longer than --max_len lose tokens: pre keeps each review's "
+        "last --max_len tokens (Keras pad_sequences' default, and the article's), post its "
+        "first. Either side works with either --padding.", choices=PADDINGS)
     mask_padding: bool = setting(
         "Model", False,
         "Mask padding tokens (Embedding mask_zero) so the LSTM skips them. The article does "
@@ -315,6 +320,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "article_settings": {
         "max_len": 500,
         "padding": "pre",
+        "truncating": "pre",
         "mask_padding": False,
         "bucket_by_length": False,
         "batch_size": 64,

@@ -56,7 +56,7 @@ class TextLimit:
 
     Attributes:
       chars: characters kept; 0 keeps the whole review.
-      from_end: keep the last ``chars`` (``--padding=pre`` keeps a review's
+      from_end: keep the last ``chars`` (``--truncating=pre`` keeps a review's
         last tokens) instead of the first.
     """
 
@@ -71,9 +71,9 @@ class TextLimit:
 
 
 def text_limit(config: Config) -> TextLimit:
-    """What --max_len tokens, truncated on the --padding side, can use of a review."""
+    """What --max_len tokens, truncated on the --truncating side, can use of a review."""
     return TextLimit(max(_MIN_KEPT_CHARS, config.max_len * _CHARS_PER_TOKEN),
-                     from_end=config.padding == "pre")
+                     from_end=config.truncating == "pre")
 
 
 def object_array(items: list) -> np.ndarray:
@@ -319,7 +319,7 @@ class Encoded:
     epoch's batches are one gather each, not one dataset element per review.
 
     Attributes:
-      ids: ``[reviews, (length <= max_len)]`` int32, truncated on the padding side.
+      ids: ``[reviews, (length <= max_len)]`` int32, truncated on the --truncating side.
       labels: ``[reviews]`` int32.
     """
 
@@ -332,12 +332,12 @@ class Encoded:
 
 def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
            config: Config) -> Encoded:
-    """Maps each review to int32 ids, truncated to ``max_len`` on the padding side, once.
+    """Maps each review to int32 ids, truncated to ``max_len`` on the --truncating side, once.
 
     Args:
       split: reviews and labels.
       vectorizer: from ``make_vectorizer``; None for a pre-tokenized split.
-      config: max_len, padding, vocab_size.
+      config: max_len, truncating, vocab_size.
 
     Returns:
       The split's ids and labels, in memory.
@@ -363,8 +363,8 @@ def encode(split: Split, vectorizer: keras.layers.TextVectorization | None,
 
 
 def truncate(ids: tf.RaggedTensor, config: Config) -> tf.RaggedTensor:
-    """Keeps the last max_len ids for pre padding (Keras' pad_sequences), else the first."""
-    return ids[:, -config.max_len:] if config.padding == "pre" else ids[:, :config.max_len]
+    """Keeps the last max_len ids for --truncating=pre (Keras' pad_sequences), else the first."""
+    return ids[:, -config.max_len:] if config.truncating == "pre" else ids[:, :config.max_len]
 
 
 # --- Batches ------------------------------------------------------------------------------
