@@ -240,9 +240,9 @@ def test_auto_picks_the_strategy_for_the_hardware(strategy, cluster, gpus, cpu_r
 
 @pytest.mark.parametrize("changes, gpus, cores, expected", [
     ({}, 0, 2, 1),                                # LeanLSTM on a CPU: one thread per op.
-    ({}, 0, 16, 4),                               # Batch 32: 4 chains of 8 rows, 4 threads.
-    ({"batch_size": 64}, 0, 16, 2),               # 8 chains of 8 rows; the rest as threads.
-    ({"batch_size": 64, "cpu_replicas": 2}, 0, 16, 2),  # 8 cores a replica: 4 chains of 8.
+    ({}, 0, 16, 1),                               # Batch 32: 4 chains of 8 rows, one thread.
+    ({"batch_size": 64}, 0, 16, 1),               # 8 chains of 8 rows; no threads from the rest.
+    ({"batch_size": 64, "cpu_replicas": 2}, 0, 16, 1),  # 8 cores a replica: 4 chains of 8.
     ({}, 1, 2, 0),                                # A GPU runs cuDNN: TensorFlow's choice.
     ({"lean_lstm": False}, 0, 2, 0),              # Keras' LSTM (--article_settings).
     ({"intra_op_threads": 2}, 0, 2, 2),           # An explicit value is kept...

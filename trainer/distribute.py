@@ -183,8 +183,7 @@ def intra_op_threads(config: Config, num_gpus: int) -> int:
 
     LeanLSTM runs one fused recurrence per usable core (``lstm.cpu_policy``),
     each a long series of small steps; letting every step's matmul split across
-    the cores as well only makes the recurrences wait for each other, so the
-    pool gets what the chains leave (1 when they cover the cores).
+    cores as well only adds a hand-off per step, so the pool gets one thread.
 
     Args:
       config: intra_op_threads (None for this default) and lean_lstm.

@@ -14,11 +14,12 @@ gradient, ``BlockLSTMGrad``, every step backwards inside another):
   ``BlockLSTM`` op each, which TensorFlow runs at the same time: one per core
   this process may use, as long as each gets at least ``MIN_ROWS_PER_CHAIN``
   rows (``cpu_policy``);
-- each op is fastest on one thread when there are as many chains as cores:
-  with more threads, each small step's matmul is split across the cores and
-  the chains wait for each other. With fewer chains than cores (small
-  batches, many cores) the spare cores go to the ops' threads instead
-  (``cpu_policy``; ``--intra_op_threads`` overrides it);
+- each op runs on one thread: with more, each small step's matmul is split
+  across cores and pays a hand-off at every one of its hundreds of steps,
+  which measured slower than one thread even with cores to spare
+  (``benchmarks/README.md``). Cores the rows cannot fill with chains are
+  left to the input pipeline (``cpu_policy``; ``--intra_op_threads``
+  overrides it);
 - a mask is not applied step by step: a masked step carries the state
   unchanged, so each row's unmasked steps are moved to the front (one gather),
   and the row's state is read after that many steps.
@@ -53,8 +54,10 @@ def cpu_policy(cores: int, rows_per_replica: int | None, replicas: int = 1,
 
     One chain per core, as long as each chain keeps ``min_rows_per_chain``
     rows: the chains run side by side, each on one core, and one thread per
-    op keeps them from waiting for each other. When the rows allow fewer chains
-    than cores, the cores left over are shared out as threads per op.
+    op keeps them from waiting for each other. Threads per op are always 1:
+    splitting a chain's small steps across spare cores measured slower than
+    leaving those cores to the input pipeline, so a batch too small for a
+    chain per core leaves some cores to it.
 
     Args:
       cores: CPU cores the process may use (``usable_cores``).
@@ -67,12 +70,10 @@ def cpu_policy(cores: int, rows_per_replica: int | None, replicas: int = 1,
     Returns:
       ``(chains, intra_op_threads)``, both at least 1.
     """
-    cores_per_replica = max(1, cores // max(1, replicas))
-    chains = cores_per_replica
+    chains = max(1, cores // max(1, replicas))
     if rows_per_replica is not None:
         chains = max(1, min(chains, rows_per_replica // max(1, min_rows_per_chain)))
-    threads = 1 if chains >= cores_per_replica else cores_per_replica // chains
-    return chains, threads
+    return chains, 1
 
 
 @keras.saving.register_keras_serializable(package="trainer")
