@@ -68,7 +68,8 @@ def cpu_policy(cores: int, rows_per_replica: int | None, replicas: int = 1,
       min_rows_per_chain: fewest rows worth a chain.
 
     Returns:
-      ``(chains, intra_op_threads)``, both at least 1.
+      ``(chains, intra_op_threads)``: chains at least 1, threads always 1
+      (returned here so that one policy sizes both).
     """
     chains = max(1, cores // max(1, replicas))
     if rows_per_replica is not None:
