@@ -191,7 +191,7 @@ def _class_folders(root: Path, per_class: int = 4, split: str = "") -> Path:
     for label, text in _rows(per_class):
         folder = root / split / label
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{len(list(folder.iterdir()))}.txt").write_text(text)
+        (folder / f"{len(list(folder.iterdir()))}.txt").write_text(f"{split} {text}".strip())
     return root
 
 
@@ -203,7 +203,7 @@ def test_class_folders_read_one_class_per_folder_and_skip_other_files(tmp_path, 
         train, test, names = _reads(root)
     assert test is None and names == ("sports", "tech", "world")
     assert np.bincount(train.labels).tolist() == [4, 4, 4]
-    assert "1 skipped (1 files not ending in .txt)" in caplog.text
+    assert "2 skipped (1 hidden files or folders, 1 files not ending in .txt)" in caplog.text
 
 
 def test_class_folders_with_train_and_test_keep_their_test_split(tmp_path):
@@ -236,11 +236,12 @@ def test_without_a_test_set_a_seeded_stratified_part_is_held_out(tmp_path):
 
 def test_a_separate_test_file_is_the_test_set(tmp_path):
     train_path = _write(tmp_path / "train.csv", _csv(_rows(5)))
-    test_path = _write(tmp_path / "test.csv", _csv([("world", "new"), ("tech", "newer")]))
+    test_path = _write(tmp_path / "test.csv", _csv([("world", "new"), ("tech", "newer"),
+                                                    ("sports", "newest")]))
     splits = _load(train_path, test_data_path=str(test_path))
     assert len(splits.train) == 15
-    assert list(splits.test.reviews) == ["new", "newer"]
-    assert splits.test.labels.tolist() == [2, 1]
+    assert list(splits.test.reviews) == ["new", "newer", "newest"]
+    assert splits.test.labels.tolist() == [2, 1, 0]
 
 
 def test_a_test_split_of_zero_without_a_test_file_is_refused(tmp_path):

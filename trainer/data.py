@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
+import itertools
+import os
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -48,6 +51,12 @@ _CHARS_PER_TOKEN = 64
 _MIN_KEPT_CHARS = 32_768
 
 READ_CHUNK = 1 << 20  # Bytes of a review read at a time: a huge one is never held whole.
+
+# A test set at least this share of whose texts are training texts is refused: its accuracy
+# would measure memory. Fewer are logged: a few repeated texts are common in real data.
+_MOSTLY_SEEN = 0.5
+# Sources whose test split is a published benchmark's: its repeats are logged, not refused.
+_PUBLISHED_SPLITS = ("aclimdb", "tfds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +99,14 @@ def read_text(stream: BinaryIO, limit: TextLimit, path: str, name: str) -> str:
     """Decodes one review as UTF-8 a chunk at a time, keeping ``limit``'s characters.
 
     Every byte is checked, but at most a chunk and the kept characters are held,
-    so a review of any size costs no more than a long one.
+    so a review of any size costs no more than a long one. A byte-order mark at
+    the start is dropped: it is never part of a text.
 
     Raises:
       UserError: the review is not valid UTF-8 (the message names the byte).
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    kept, offset = "", 0
+    kept, offset, start = "", 0, True
     while True:
         chunk = stream.read(READ_CHUNK)
         pending = len(decoder.getstate()[0])  # Bytes of a character cut by the last chunk.
@@ -107,6 +117,8 @@ def read_text(stream: BinaryIO, limit: TextLimit, path: str, name: str) -> str:
                             f"{offset - pending + error.start}); re-encode it as UTF-8 or "
                             "delete it.") from None
         offset += len(chunk)
+        if text and start:
+            text, start = text.removeprefix("\ufeff"), False
         if text:
             kept = limit.cut(kept + text)
         if not chunk:
@@ -176,29 +188,131 @@ def load(config: Config) -> Splits:
       texts are only ever used for the final evaluation.
 
     Raises:
-      UserError: the source is unknown, missing, unreadable or malformed.
+      UserError: the source is unknown, missing, unreadable or malformed; a
+        split (training, validation if asked for, test) has no rows of some
+        class; or the test texts are mostly training texts.
     """
     from trainer import sources  # It builds on Split; imported here to avoid a cycle.
 
     source, train, test, class_names = sources.read(config, text_limit(config))
+    where = (f"--data_path={config.data_path}" if config.data_path
+             else f"--data_source={source}")
+    every_class = functools.partial(_require_every_class, class_names, where)
     rng = np.random.default_rng(config.seed)
+    held_out = test is None
     if test is None:
         if not config.test_split:
             raise UserError(f"--data_path={config.data_path} has no test split: give "
                             "--test_data_path, or --test_split > 0 to hold part of it out.")
+        rows = np.bincount(train.labels, minlength=len(class_names))
         kept, held = stratified_split(train.labels, config.test_split, rng)
         train, test = train.take(kept), train.take(held)
         logging.info("data: no test split in the source: held out %d of %d examples "
                      "(--test_split=%g of each class, seed %d) as the test set", len(test),
                      len(train) + len(test), config.test_split, config.seed)
-    logging.info("data: %d classes from %s: %s", len(class_names), source,
-                 ", ".join(class_names))
+        every_class(test, "test", _holds_out("--test_split", config.test_split) +
+                    ", or give --test_data_path", rows)
+        every_class(train, "training", "--test_split takes every row of a class this small: "
+                    "add rows, or lower --test_split", rows)
+    else:
+        test_where = (f"--test_data_path={config.test_data_path}" if config.test_data_path
+                      else f"{where} (its own test split)")
+        _require_every_class(class_names, test_where, test, "test", "a class without test "
+                             "rows cannot be measured: add test rows of every class")
+    logging.info("data: %d classes from %s: %s%s", len(class_names), source,
+                 ", ".join(class_names[:20]), ", ..." * (len(class_names) > 20))
     train = train.take(balanced_subset(train.labels, config.max_train_examples, rng))
     test = test.take(balanced_subset(test.labels, config.max_test_examples, rng))
+    for split, what, flag in ((train, "training", "--max_train_examples"),
+                              (test, "test", "--max_test_examples")):
+        every_class(split, what, f"{flag}={getattr(config, flag[2:])} keeps too few rows for "
+                    f"{len(class_names)} classes: raise it")
+    _refuse_test_in_training(train, test, config, source, held_out)
+    rows = np.bincount(train.labels, minlength=len(class_names))
     train_idx, val_idx = stratified_split(train.labels, config.validation_split, rng)
-    return Splits(train=train.take(train_idx), validation=train.take(val_idx),
-                  test=test, pretokenized=source == "keras_npz", source=source,
+    train, validation = train.take(train_idx), train.take(val_idx)
+    if config.validation_split:
+        every_class(validation, "validation", _holds_out(
+            "--validation_split", config.validation_split) + ", or set --validation_split=0 "
+            "--early_stopping_patience=0", rows)
+        every_class(train, "training", "--validation_split takes every training row of a "
+                    "class this small: add rows, or lower --validation_split", rows)
+    return Splits(train=train, validation=validation, test=test,
+                  pretokenized=source == "keras_npz", source=source,
                   class_names=tuple(class_names), class_weight=config.class_weight)
+
+
+def _holds_out(flag: str, fraction: float) -> str:
+    """How ``flag`` holds rows out, and what a class needs to give one."""
+    fewest = next(n for n in itertools.count(1) if round(fraction * n) >= 1)
+    return (f"{flag}={fraction:g} holds out round({fraction:g} x n) rows of a class of n, so a "
+            f"class needs at least {fewest} rows to give one: add rows, raise {flag}")
+
+
+def _require_every_class(class_names: Sequence[str], where: str, split: Split, what: str,
+                         fix: str, rows: np.ndarray | None = None) -> None:
+    """Refuses a split that has no rows of some class: never accuracy over no examples.
+
+    Args:
+      class_names: the classes in id order.
+      where: the flag and file the data came from, for the message.
+      split: the split to check.
+      what: its name (``training``, ``validation``, ``test``).
+      fix: what to do, for the message.
+      rows: each class's rows in the data the split was drawn from, for the message.
+    """
+    present = np.bincount(split.labels, minlength=len(class_names))
+    missing = np.flatnonzero(present == 0)
+    if not len(missing):
+        return
+    shown = ", ".join(f"{class_names[i]!r}" + (
+        f" of {rows[i]} row{'s' * int(rows[i] != 1)}" if rows is not None else "")
+        for i in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise UserError(f"{where}: the {what} set has no rows of {len(missing)} of "
+                    f"{len(class_names)} classes ({shown}{more}); {fix}.")
+
+
+def _refuse_test_in_training(train: Split, test: Split, config: Config, source: str,
+                             held_out: bool) -> None:
+    """Names test texts that are also training texts; refuses a test set mostly made of them.
+
+    Accuracy on texts the model trained on measures memory, not how it does on
+    new text. A few repeats are common in real data and are logged; a test set
+    that is mostly training texts (the same file, a copy, a file joined with
+    itself) is refused, except for the published IMDB splits, whose repeats
+    are the benchmark's own. Only hashes of the training texts are held.
+    """
+    if source == "keras_npz" or not len(test):
+        return
+    seen = {hash(text) for text in train.reviews}
+    shared = sum(hash(text) in seen for text in test.reviews)
+    if not shared:
+        return
+    share = shared / len(test)
+    what = f"{shared} of {len(test)} test texts ({share:.0%}) are also training texts"
+    if share < _MOSTLY_SEEN or source in _PUBLISHED_SPLITS:
+        logging.warning("data: %s; their accuracy measures memory, not generalization", what)
+        return
+    why = "so test accuracy would measure memory, not generalization"
+    if config.test_data_path:
+        same = _same_file(config.test_data_path, config.data_path)
+        raise UserError(f"--test_data_path={config.test_data_path} "
+                        f"{'is the same file as' if same else 'repeats'} --data_path"
+                        f"{'' if same else '=' + config.data_path}: {what}, {why}; give test "
+                        "rows the model does not train on, or leave --test_data_path out to "
+                        "hold --test_split of --data_path out.")
+    if held_out:
+        raise UserError(f"--data_path={config.data_path}: {what}: the data repeats its rows "
+                        f"(a file joined with itself?), {why}; remove the repeated rows.")
+    raise UserError(f"--data_path={config.data_path}: {what} (its test split repeats its "
+                    f"training data), {why}; keep the test texts out of the training data.")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def class_weights(splits: Splits) -> np.ndarray | None:

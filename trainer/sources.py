@@ -116,16 +116,23 @@ def read_folders(config: Config, limit: data.TextLimit) -> tuple[data.Split, dat
     """``DIR/<class>/*.txt``, or ``DIR/train/<class>/*.txt`` and ``DIR/test/<class>/*.txt``.
 
     The layout ``keras.utils.text_dataset_from_directory`` reads: the class is
-    the folder's name; files not ending in ``.txt`` are skipped and counted.
+    the folder's name, and texts in its subfolders are its too; files not
+    ending in ``.txt`` are skipped and counted. ``tables.split_layout`` says
+    which layout a folder has (and logs it).
     """
     path = config.data_path.rstrip("/")
-    if config.test_data_path or not tables.isdir(f"{path}/train"):
+    if not tables.split_layout(path):
         return tables.read_labeled(config, lambda p, flag: tables.folder_rows(p, flag, limit))
     # train/ and test/ (which may be missing: then --test_split holds part of train/ out).
     test = f"{path}/test" if tables.isdir(f"{path}/test") else ""
+    if test and config.test_data_path:
+        raise UserError(f"--data_path={path} has its own test/ folder, and --test_data_path="
+                        f"{config.test_data_path} is given too; drop --test_data_path, or point "
+                        f"--data_path at {path}/train.")
     return tables.read_labeled(
-        config, lambda p, flag: tables.folder_rows(p, "--data_path", limit),
-        paths=(f"{path}/train", test))
+        config, lambda p, flag: tables.folder_rows(p, "--data_path" if p == test else flag,
+                                                   limit),
+        paths=(f"{path}/train", test or config.test_data_path))
 
 
 READERS: dict[str, Reader] = {
