@@ -81,7 +81,7 @@ def _open_quote_file(tmp_path: Path, name: str = "a.csv", closing: str = "") -> 
     ("a.csv.gz", "", r"line 6 opens a quoted field that never closes"),
     # A later quoted text: the open quote ends at its first quote, followed by text.
     ("a.csv", '"Some, quoted text",neg', r"line 6 opens a quoted field whose closing quote "
-                                         r"\(at line 501\) is followed by text"),
+                                         r"\(at line 501\) is followed by other characters"),
     # A quote that ends a field closes the open one cleanly: its lines read as rows.
     ("a.csv", 'he said hi",neg', r"line 6 opens a quoted field that runs to line 501, and "
                                  r"494 of its 495 lines after the first read as rows"),
@@ -115,6 +115,33 @@ def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path, header, row
     lines[4] = row
     message = _error(_write(tmp_path / "a.csv", "\n".join(lines) + "\n"))
     assert re.search(expected, message), message
+
+
+def test_a_space_after_a_closing_quote_is_named(tmp_path):
+    content = _table(_reviews(20)) + '"a hand-edited review" ,pos\n'
+    message = _error(_write(tmp_path / "a.csv", content))
+    assert "line 22 opens a quoted field whose closing quote is followed by other characters " \
+           "(a space counts)" in message
+
+
+def test_empty_spreadsheet_rows_are_skipped_and_counted(tmp_path, caplog):
+    rows = "".join(f"{text},{label},,\n" for text, label in _reviews(20))
+    content = "text,label,,\n" + rows + ",,,\n   ,  ,,\n"
+    with caplog.at_level("INFO"):
+        splits = _load(_write(tmp_path / "export.csv", content))
+    assert len(_every_text(splits)) == 20
+    assert "21 rows read, 1 header, 20 kept, 2 skipped (2 blank lines)" in caplog.text
+
+
+def test_a_utf16_file_is_named_as_utf16(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(_table(_reviews(20)).encode("utf-16"))  # What Excel's "Unicode text" is.
+    message = _error(path)
+    assert message == (f"--data_path={path} is UTF-16 (it starts with a UTF-16 byte-order "
+                       "mark), not UTF-8; save it as UTF-8 (in Excel: CSV UTF-8).")
+    root = _tickets(tmp_path / "tickets")
+    (root / "login" / "0.txt").write_bytes("login ticket".encode("utf-16"))
+    assert "review login/0.txt is UTF-16" in _error(root)
 
 
 def test_a_tab_inside_a_tsv_text_is_refused(tmp_path):
@@ -271,6 +298,13 @@ def test_one_name_in_two_unicode_forms_is_refused(tmp_path):
     rows = [(f"text {i}", [composed, "tea", decomposed][i % 3]) for i in range(30)]
     message = _error(_write(tmp_path / "a.csv", _table(rows)))
     assert "look the same but are different Unicode (composed and decomposed" in message
+
+
+def test_one_name_in_two_letter_cases_is_refused(tmp_path):
+    rows = [(f"text {i}", ["Positive", "negative", "positive"][i % 3]) for i in range(30)]
+    message = _error(_write(tmp_path / "a.csv", _table(rows)))
+    assert re.search(r"labels 'Positive' \(line 2\) and 'positive' \(line 4\) differ only in "
+                     r"letter case, so they would be two classes", message), message
 
 
 def test_a_label_with_a_line_break_is_no_class_name(tmp_path):

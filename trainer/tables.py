@@ -17,8 +17,8 @@ The rules every reader keeps, here so that a new reader inherits them:
   text or label, and a row has a text and a label.
 - Labels mean one thing (``read_labeled``): spellings of one number (``1``,
   ``01``, ``1.0``) are one class, named ``1``, when every label is a number,
-  and refused when some are not; so are two labels that differ only in their
-  Unicode form (NFC and NFD); a label with a line break or control character
+  and refused when some are not; so are two labels that differ only in
+  letter case or Unicode form (NFC and NFD); a label with a line break or control character
   is no class name; a header naming a used column twice (a JSON object
   holding a used key twice) is ambiguous. A label column in which nearly
   every value is distinct (over 90%) is refused: it is the text column, or
@@ -164,9 +164,9 @@ def read_labeled(config: Config, read_rows: Callable[[str, str], Rows],
     train_path, test_path = paths or (config.data_path, config.test_data_path)
     train = read_rows(train_path, "--data_path")
     test = read_rows(test_path, "--test_data_path") if test_path else None
+    _check_label_column(train)
     classes = _class_names(train)  # Each label as written -> its class's name.
     names = class_order(set(classes.values()))
-    _check_label_column(train, len(names))
     if len(names) < 2:
         raise UserError(f"{train.flag}={train.path} has a single class "
                         f"({names[0] if names else 'none'!r}); a classifier needs at least "
@@ -191,8 +191,8 @@ def _class_names(rows: Rows) -> dict[str, str]:
 
     Spellings of one number are one class, named plainly (``01``, ``1.0`` -> ``1``),
     when every label is a number. Otherwise labels are names as written, and two
-    that read as one (spellings of one number, or one text in two Unicode forms)
-    are refused: they would silently be two classes.
+    that read as one (spellings of one number, or one name in two letter cases
+    or Unicode forms) are refused: they would silently be two classes.
     """
     labels = dict.fromkeys(rows.labels)
     for label in labels:
@@ -208,12 +208,15 @@ def _class_names(rows: Rows) -> dict[str, str]:
     seen: dict[tuple[bool, str], str] = {}
     for label in labels:
         number = label in numbers
-        key = _number_name(label) if number else unicodedata.normalize("NFC", label)
+        key = (_number_name(label) if number
+               else unicodedata.normalize("NFC", label).casefold())
         other = seen.setdefault((number, key), label)
         if other == label:
             continue
         text = next(x for x in labels if x not in numbers)
         why = (f"spell one number, but {text!r} is not a number" if number else
+               "differ only in letter case" if unicodedata.normalize("NFC", label) !=
+               unicodedata.normalize("NFC", other) else
                "look the same but are different Unicode (composed and decomposed characters)")
         raise UserError(f"{rows.flag}={rows.path}: labels {other!r} ({rows.where(other)}) and "
                         f"{label!r} ({rows.where(label)}) {why}, so they would be two classes; "
@@ -236,7 +239,7 @@ def _unicode_hint(name: str, names: tuple[str, ...]) -> str:
             "characters); write it alike in both files." if same else "")
 
 
-def _check_label_column(rows: Rows, classes: int) -> None:
+def _check_label_column(rows: Rows) -> None:
     """Refuses a label column in which nearly every value is distinct: a text (or id) column.
 
     Nearly: more than 9 in 10 rows hold a value of their own. A class needs two
@@ -244,6 +247,7 @@ def _check_label_column(rows: Rows, classes: int) -> None:
     fewer distinct values but classes too small is refused by ``data.load``,
     which knows the splits.
     """
+    classes = len(set(rows.labels))
     if rows.label_from and classes > 2 and classes > _DISTINCT * len(rows.labels):
         raise UserError(f"{rows.flag}={rows.path}: {rows.label_from} has {classes} distinct "
                         f"values in {len(rows.labels)} rows; is it the text column? A class "
@@ -334,8 +338,17 @@ class _GFileRaw(io.RawIOBase):
 
 
 def _text_lines(path: str, flag: str, newline: str | None) -> io.TextIOWrapper:
-    """``path`` as text: UTF-8 (a leading byte-order mark dropped), bad bytes kept as marks."""
-    return io.TextIOWrapper(_open_binary(path, flag), encoding="utf-8-sig",  # type: ignore
+    """``path`` as text: UTF-8 (a leading byte-order mark dropped), bad bytes kept as marks.
+
+    Raises:
+      UserError: the file starts with a UTF-16 byte-order mark (Excel's "Unicode text").
+    """
+    stream = _open_binary(path, flag)
+    if stream.peek(2)[:2] in data.UTF16_BOMS:  # type: ignore[attr-defined]
+        stream.close()
+        raise UserError(f"{flag}={path} is UTF-16 (it starts with a UTF-16 byte-order mark), "
+                        "not UTF-8; save it as UTF-8 (in Excel: CSV UTF-8).")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig",  # type: ignore[type-var]
                             errors="surrogateescape", newline=newline)
 
 
@@ -449,7 +462,7 @@ def table_rows(path: str, flag: str, config: Config, limit: data.TextLimit,
             reader = csv.reader(_without_boms(stream), dialect, **options)
             for record, start, end in _records(reader, rows):
                 place = f"line {start}"
-                if not record or record == [""]:
+                if not any(field.strip() for field in record):  # Also a spreadsheet's ",,".
                     skipped["blank lines"] += 1
                     continue
                 read += 1
@@ -525,9 +538,9 @@ def _quote_error(rows: Rows, start: int, line: int, error: csv.Error) -> UserErr
         what = "opens a quoted field that never closes: the file ends inside it"
     elif "expected after" in cause:
         at = "" if line == start else f" (at line {line})"
-        what = (f"opens a quoted field whose closing quote{at} is followed by text, not by a "
-                "delimiter or the line's end: a quote that never closes, or a quote inside "
-                "a field")
+        what = (f"opens a quoted field whose closing quote{at} is followed by other characters "
+                "(a space counts), not by a comma or the line's end: a quote that never "
+                "closes, or a quote inside a field")
     else:
         what = f"cannot be read ({cause} at line {line})"
     return UserError(f"{rows.flag}={rows.path}: line {start} {what}; quote a field whole and "
