@@ -67,7 +67,7 @@ class Steps:
         self.class_weight = None if class_weight is None else tuple(class_weight)
         with strategy.scope():
             optimizer.build(model.trainable_variables)
-        self.train = self._make_train()
+        self.train, self.train_one = self._make_train()
         self.evaluate = self._make_evaluate()
 
     @contextlib.contextmanager
@@ -113,7 +113,7 @@ class Steps:
         return self.task.sums(labels, outputs, self.task.per_example_loss(labels, outputs)
                               if self.class_weight is not None else per_example)
 
-    def _make_train(self) -> Any:
+    def _make_train(self) -> tuple[Any, Any]:
         strategy = self.strategy
 
         def replica_vector(ids: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -134,7 +134,24 @@ class Steps:
                 totals += tf.concat([sums, tf.ones([1], tf.float64)], axis=0)
             return TrainSums(*tf.unstack(totals))
 
-        return train_steps
+        @tf.function
+        def train_one(iterator: Any) -> TrainSums:
+            """Runs one step (none if exhausted) with no loop: what a profiled call runs.
+
+            xprof takes a traced loop's iterations as its steps, not the step
+            markers; see ``summaries.ProfilerWindow``.
+            """
+            batch = iterator.get_next_as_optional()
+
+            def step() -> tf.Tensor:
+                sums = strategy.run(replica_vector, args=batch.get_value())
+                sums = strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+                return tf.concat([sums, tf.ones([1], tf.float64)], axis=0)
+
+            totals = tf.cond(batch.has_value(), step, lambda: tf.zeros([4], tf.float64))
+            return TrainSums(*tf.unstack(totals))
+
+        return train_steps, train_one
 
     def _make_evaluate(self) -> Any:
         model, strategy, task = self.model, self.strategy, self.task
