@@ -335,6 +335,8 @@ def test_a_reused_confusion_picture_redraws_and_keeps_its_size():
     assert not np.array_equal(first, again)
     many = summaries.ConfusionPicture([f"class {i}" for i in range(21)])  # Past MAX_ANNOTATED.
     assert many.draw(np.eye(21), "no numbers in the cells").shape[0] > 1000
+    huge = summaries.ConfusionPicture([str(i) for i in range(300)]).draw(np.eye(300), "")
+    assert huge.shape[:2] == (1600, 1630)  # Capped, whatever the number of classes.
 
 
 def test_profiling_keras_generic_lstm_loop_is_warned_about(tmp_path, caplog):

@@ -444,7 +444,8 @@ class ConfusionPicture:
 
     def __init__(self, class_names: Sequence[str]) -> None:
         count = len(class_names)
-        side = 2.4 + 0.6 * count  # Inches; at 100 dpi 390 wide, 360 high for two classes.
+        # Inches; at 100 dpi 390 wide, 360 high for two classes; at most 1,630 x 1,600.
+        side = min(2.4 + 0.6 * count, 16.0)
         # A Figure without pyplot: no global state and no display backend (Agg renders it).
         self.figure = Figure(figsize=(side + 0.3, side), dpi=100, layout="constrained")
         self.canvas = FigureCanvasAgg(self.figure)
