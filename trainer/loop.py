@@ -50,11 +50,19 @@ class Reporter(Protocol):
 
     def epoch_end(self, step: int, epoch: int, metrics: dict[str, float]) -> None: ...
 
-    def train_call(self, step: int) -> contextlib.AbstractContextManager[None]:
-        """Wraps every call of the compiled steps (the profiler's window and step marker)."""
+    def train_call(self, step: int) -> contextlib.AbstractContextManager[bool | None]:
+        """Wraps every call of the compiled steps (the profiler's window and step marker).
+
+        Yields whether the call runs one step through ``Loop.train_step`` (around
+        the profiler's window) instead of ``Plan.steps_per_call`` steps.
+        """
 
     def early_stop(self, epoch: int, best_epoch: int, patience: int) -> None:
         """Early stopping ended the run after ``epoch``; ``best_epoch``'s weights are kept."""
+
+    def evaluated(self, step: int, prefix: str, tally: Tally,
+                  class_names: Sequence[str]) -> None:
+        """An evaluation's exact sums (its confusion matrix) at ``step``, after ``epoch_end``."""
 
 
 class Health:
@@ -290,6 +298,14 @@ class Loop:
         """
         return self.steps.train(iterator, tf.constant(num_steps))
 
+    def train_step(self, iterator: Any) -> steps.TrainSums:
+        """Runs one training step in a ``tf.function`` with no loop: what a profiled call runs.
+
+        xprof takes a traced TF loop's iterations as its steps, ignoring the step
+        markers (``summaries.ProfilerWindow``); otherwise as ``train_steps``.
+        """
+        return self.steps.train_one(iterator)
+
     def averaged_weights(self) -> contextlib.AbstractContextManager[None]:
         """Within it, the model holds its weights' moving average (``--ema_momentum``).
 
@@ -407,10 +423,12 @@ class _Run:
         metrics = {**totals.metrics("train"),
                    "train/examples_per_sec": examples / max(seconds, 1e-9),
                    "train/epoch_seconds": seconds}
+        tallies: dict[str, Tally] = {}
         if self.datasets.evaluation:
             with loop.averaged_weights():
                 for name, batches in self.datasets.evaluation.items():
-                    metrics.update(loop.evaluate(batches, name))
+                    tallies[name] = loop.tally(batches)
+                    metrics.update(tallies[name].metrics(name))
                 if VALIDATION in self.datasets.evaluation:
                     loop.track_best(epoch, metrics[f"{VALIDATION}/loss"], self.checkpointer)
         history = json.loads(loop.history.numpy().decode())
@@ -420,6 +438,8 @@ class _Run:
         loop.epoch_step.assign(0)
         self.checkpointer.save(self.health)
         self.reporter.epoch_end(loop.step, epoch, metrics)
+        for name, tally in tallies.items():
+            self.reporter.evaluated(loop.step, name, tally, loop.task.class_names)
         self.preemption.check()
 
     def _train(self, epoch: int) -> tuple[Totals, float, int]:
@@ -438,8 +458,9 @@ class _Run:
         epoch_step = skip
         while True:
             call_start_step = loop.step
-            with self.reporter.train_call(call_start_step):
-                sums = loop.train_steps(iterator, self.plan.steps_per_call)
+            with self.reporter.train_call(call_start_step) as one_step:
+                sums = (loop.train_step(iterator) if one_step
+                        else loop.train_steps(iterator, self.plan.steps_per_call))
             if not int(sums.steps):
                 break
             self._check_health(float(sums.loss_sum) / float(sums.count), epoch)

@@ -154,6 +154,7 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
             # The HParams table's result columns, beside the flags written at the start.
             reporter.scalars(fit.train_steps,
                              {**test, **per_class_scalars(tally, classes.class_names, "test")})
+            reporter.evaluated(fit.train_steps, "test", tally, classes.class_names)
         finally:
             reporter.close()
     finally:
