@@ -39,6 +39,7 @@ from trainer.errors import UserError
 # convention). The Keras imdb.npz source keeps its own (1 start, 2 OOV), as the article does:
 # trainer.imdb writes the start id, encode turns ids past --vocab_size into this OOV id.
 PAD_ID = 0
+PREFETCH_BATCHES = 2  # Batches gathered ahead of the step (see _options: no autotuning).
 _NPZ_OOV_ID = 2
 _ENCODE_BATCH = 1024  # Reviews per tf.data batch: per TextVectorization call.
 
@@ -551,7 +552,7 @@ def batches(encoded: Encoded, config: Config, *, global_batch_size: int,
             # One gather per batch, well under a millisecond: prefetch runs it ahead of the
             # step on its own thread; a parallel map would only add threads.
             .map(gather)
-            .prefetch(tf.data.AUTOTUNE)
+            .prefetch(PREFETCH_BATCHES)
             .with_options(_options()))
 
 
@@ -629,7 +630,10 @@ def _options() -> tf.data.Options:
     # Seeded runs give the same batches in the same order, which resuming mid-epoch relies
     # on (loop.fit skips the steps already done); keeping order costs nothing measurable here.
     options.deterministic = True
-    options.autotune.enabled = True
+    # No autotuning: its background thread made deleting an epoch's exhausted iterator
+    # wait 1-19 s at random (seen in every few epochs' end), and a fixed buffer keeps
+    # up with a gather of well under a millisecond.
+    options.autotune.enabled = False
     # Input work is a little per batch; keep each tf.data op on one core so the two cores
     # stay with the model's step instead of splitting a small gather.
     options.threading.max_intra_op_parallelism = 1

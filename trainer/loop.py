@@ -167,6 +167,10 @@ class FitResult:
     best_epoch: int
     stopped_early: bool
     history: list[dict[str, Any]]
+    # This attempt's seconds inside the training calls, and at each epoch's end after them
+    # (evaluation, checkpoints, summaries): ``phases.Phases.split_training``.
+    train_seconds: float = 0.0
+    epoch_end_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 class Checkpointer:
@@ -397,6 +401,7 @@ class _Run:
         self.checkpointer, self.preemption = checkpointer, preemption
         self.health = Health(chance_loss=loop.task.chance_loss)
         self.train_seconds = self.train_examples = 0.0
+        self.epoch_end_seconds: list[float] = []
 
     def fit(self) -> FitResult:
         loop = self.loop
@@ -412,11 +417,13 @@ class _Run:
             train_examples_per_sec=(self.train_examples / self.train_seconds
                                     if self.train_seconds else 0.0),
             best_epoch=int(loop.best_epoch), stopped_early=stopped_early,
-            history=json.loads(loop.history.numpy().decode()))
+            history=json.loads(loop.history.numpy().decode()),
+            train_seconds=self.train_seconds, epoch_end_seconds=self.epoch_end_seconds)
 
     def _epoch(self, epoch: int) -> None:
         """Trains the rest of ``epoch``, evaluates, records it in history, saves, reports."""
         loop = self.loop
+        began = time.perf_counter()
         totals, seconds, examples = self._train(epoch)
         self.train_seconds += seconds
         self.train_examples += examples
@@ -440,6 +447,9 @@ class _Run:
         self.reporter.epoch_end(loop.step, epoch, metrics)
         for name, tally in tallies.items():
             self.reporter.evaluated(loop.step, name, tally, loop.task.class_names)
+        # All but the training calls: the epoch's iterator made and let go, evaluation,
+        # checkpoints, summaries.
+        self.epoch_end_seconds.append(time.perf_counter() - began - seconds)
         self.preemption.check()
 
     def _train(self, epoch: int) -> tuple[Totals, float, int]:
