@@ -304,7 +304,10 @@ def test_one_name_in_two_letter_cases_is_refused(tmp_path):
     rows = [(f"text {i}", ["Positive", "negative", "positive"][i % 3]) for i in range(30)]
     message = _error(_write(tmp_path / "a.csv", _table(rows)))
     assert re.search(r"labels 'Positive' \(line 2\) and 'positive' \(line 4\) differ only in "
-                     r"letter case, so they would be two classes", message), message
+                     r"letter case or spacing, so they would be two classes", message), message
+    rows = [(f"text {i}", ["very good", "bad", "very  good"][i % 3]) for i in range(30)]
+    assert "differ only in letter case or spacing" in _error(
+        _write(tmp_path / "b.csv", _table(rows)))
 
 
 def test_a_label_with_a_line_break_is_no_class_name(tmp_path):
@@ -432,7 +435,22 @@ def test_a_test_file_mostly_of_training_rows_is_refused_and_a_few_are_logged(tmp
 def test_a_file_joined_with_itself_is_refused(tmp_path):
     content = _table(_reviews(50))
     message = _error(_write(tmp_path / "twice.csv", content + content))
-    assert "are also training texts: the data repeats its rows" in message
+    assert re.search(r"twice\.csv: \d+ of 20 test texts \(\d+%\) are also training texts: its "
+                     r"100 rows hold 50 distinct texts \(a file joined with itself, or "
+                     r"--text_column=text not the texts\?\)", message), message
+
+
+def test_a_label_column_that_is_also_a_text_column_is_refused(tmp_path):
+    path = _write(tmp_path / "a.csv", _table(_reviews(40)))
+    message = _error(path, text_column="text,label")
+    assert message == (f"--data_path={path}: --label_column=label is also one of "
+                       "--text_column=text,label, so the model would read each answer in its "
+                       "text; leave it out of --text_column.")
+    assert "--label_column=1 is also one of --text_column=0,1" in _error(
+        path, text_column="0,1", label_column="1")
+    lines = "\n".join(json.dumps({"text": t, "stars": label}) for t, label in _reviews(20))
+    assert "--label_column=stars is also one of" in _error(
+        _write(tmp_path / "a.jsonl", lines), text_column="text,stars", label_column="stars")
 
 
 # --- Through the CLI, where a user meets them ----------------------------------------------

@@ -292,7 +292,8 @@ def _refuse_test_in_training(train: Split, test: Split, config: Config, source: 
     if source == "keras_npz" or not len(test):
         return
     seen = np.fromiter(map(hash, train.reviews), np.int64, len(train))
-    shared = int(np.isin(np.fromiter(map(hash, test.reviews), np.int64, len(test)), seen).sum())
+    tested = np.fromiter(map(hash, test.reviews), np.int64, len(test))
+    shared = int(np.isin(tested, seen).sum())
     if not shared:
         return
     share = shared / len(test)
@@ -311,8 +312,12 @@ def _refuse_test_in_training(train: Split, test: Split, config: Config, source: 
                         "rows the model does not train on, or leave --test_data_path out to "
                         "hold --test_split of --data_path out.")
     if held_out:
-        raise UserError(f"--data_path={config.data_path}: {what}: the data repeats its rows "
-                        f"(a file joined with itself?), {why}; remove the repeated rows.")
+        distinct = len(np.unique(np.concatenate([seen, tested])))
+        column = (f", or --text_column={config.text_column} not the texts"
+                  if source in ("csv", "tsv", "jsonl") else "")
+        raise UserError(f"--data_path={config.data_path}: {what}: its {len(train) + len(test)} "
+                        f"rows hold {distinct} distinct texts (a file joined with itself"
+                        f"{column}?), {why}; remove the repeated rows.")
     raise UserError(f"--data_path={config.data_path}: {what} (its test split repeats its "
                     f"training data), {why}; keep the test texts out of the training data.")
 

@@ -18,9 +18,10 @@ The rules every reader keeps, here so that a new reader inherits them:
 - Labels mean one thing (``read_labeled``): spellings of one number (``1``,
   ``01``, ``1.0``) are one class, named ``1``, when every label is a number,
   and refused when some are not; so are two labels that differ only in
-  letter case or Unicode form (NFC and NFD); a label with a line break or control character
+  letter case, spacing or Unicode form (NFC and NFD); a label with a line break or control character
   is no class name; a header naming a used column twice (a JSON object
-  holding a used key twice) is ambiguous. A label column in which nearly
+  holding a used key twice) is ambiguous, and a label column that is also a
+  text column would hand the model its answers. A label column in which nearly
   every value is distinct (over 90%) is refused: it is the text column, or
   an id.
 
@@ -191,8 +192,8 @@ def _class_names(rows: Rows) -> dict[str, str]:
 
     Spellings of one number are one class, named plainly (``01``, ``1.0`` -> ``1``),
     when every label is a number. Otherwise labels are names as written, and two
-    that read as one (spellings of one number, or one name in two letter cases
-    or Unicode forms) are refused: they would silently be two classes.
+    that read as one (spellings of one number, or one name in two letter cases,
+    spacings or Unicode forms) are refused: they would silently be two classes.
     """
     labels = dict.fromkeys(rows.labels)
     for label in labels:
@@ -209,13 +210,13 @@ def _class_names(rows: Rows) -> dict[str, str]:
     for label in labels:
         number = label in numbers
         key = (_number_name(label) if number
-               else unicodedata.normalize("NFC", label).casefold())
+               else " ".join(unicodedata.normalize("NFC", label).casefold().split()))
         other = seen.setdefault((number, key), label)
         if other == label:
             continue
         text = next(x for x in labels if x not in numbers)
         why = (f"spell one number, but {text!r} is not a number" if number else
-               "differ only in letter case" if unicodedata.normalize("NFC", label) !=
+               "differ only in letter case or spacing" if unicodedata.normalize("NFC", label) !=
                unicodedata.normalize("NFC", other) else
                "look the same but are different Unicode (composed and decomposed characters)")
         raise UserError(f"{rows.flag}={rows.path}: labels {other!r} ({rows.where(other)}) and "
@@ -424,7 +425,15 @@ def _columns(config: Config, first: list[str], path: str, flag: str) -> _Columns
                             "column or give a 0-based index.")
     names = tuple(spec if is_name else f"column {spec}"
                   for spec, is_name in zip(specs, named, strict=True))
+    if indices[-1] in indices[:-1]:
+        _refuse_label_in_text(config, path, flag)
     return _Columns(tuple(indices[:-1]), indices[-1], names, True if any(named) else None)
+
+
+def _refuse_label_in_text(config: Config, path: str, flag: str) -> None:
+    raise UserError(f"{flag}={path}: --label_column={config.label_column} is also one of "
+                    f"--text_column={config.text_column}, so the model would read each "
+                    "answer in its text; leave it out of --text_column.")
 
 
 @dataclasses.dataclass
@@ -631,6 +640,8 @@ def jsonl_rows(path: str, flag: str, config: Config, limit: data.TextLimit) -> R
     """Every line of a JSON Lines file: one object each; blank lines skipped and counted."""
     text_keys = [part.strip() for part in config.text_column.split(",")]
     label_key = config.label_column.strip()
+    if label_key in text_keys:
+        _refuse_label_in_text(config, path, flag)
     rows = Rows(path, flag, limit, label_from=f"--label_column={config.label_column}")
     skipped: collections.Counter = collections.Counter()
     read = 0
