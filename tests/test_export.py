@@ -339,3 +339,25 @@ def test_saved_model_cli_runs_a_three_class_export(three_class_export):
                                atol=1e-6)
     assert re.findall(r"b'(\w+)'", by_key["label"]) == [
         THREE.class_names[i] for i in probabilities[1:].argmax(axis=1)]
+
+
+# --- labels.txt: lines end at \n only -----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["two\nlines", "carriage\rreturn", "   "])
+def test_a_class_name_that_cannot_be_one_line_is_refused_not_written(tmp_path, name):
+    with pytest.raises(UserError, match=r"cannot be one line of labels\.txt"):
+        export.write_labels(str(tmp_path), ["fine", name])
+    assert list(tmp_path.iterdir()) == []  # Nothing written, not even a temporary file.
+
+
+def test_labels_read_back_as_written_whatever_the_characters(tmp_path):
+    names = ("a\u2028b", "c\x85d", "e\x1cf\x1dg\x1eh", "i\x0bj\x0ck", "l\u2029m", "ñ 😐")
+    export.write_labels(str(tmp_path), names)
+    assert (tmp_path / "labels.txt").read_bytes() == "".join(f"{n}\n" for n in names).encode()
+    assert export.read_labels(str(tmp_path / "labels.txt")) == names
+
+
+def test_labels_edited_on_windows_read_back(tmp_path):
+    # A byte-order mark, CRLF line ends and a blank last line, as Notepad saves them.
+    (tmp_path / "labels.txt").write_bytes("\ufeffworld\r\nsports\r\n\r\n".encode())
+    assert export.read_labels(str(tmp_path / "labels.txt")) == ("world", "sports")

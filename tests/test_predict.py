@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import data, export, model, predict
 from trainer.config import Config
@@ -270,3 +273,128 @@ def test_predict_all_on_a_binary_export_keeps_the_line_and_adds_both_classes(ful
     probability, label, negative, positive, words = process.stdout.strip().split("  ")
     assert label in ("positive", "negative") and words == '"A fine film."'
     assert negative.startswith("negative=") and positive == f"positive={probability}"
+
+
+# --- Input as files hold it, class names of any Unicode -----------------------------------
+
+BOM = "\ufeff"
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_word(full_size_export):
+    # Without the fix the first word is "\ufeffThis", a word the vocabulary never saw.
+    classifier = export.load(str(full_size_export))
+    with_bom, without = classifier.probabilities([BOM + POSITIVE, POSITIVE])
+    assert (with_bom != without).any()
+    flags = (f"--model_dir={full_size_export}", "--all")
+    clean = run_predict(*flags, POSITIVE, NEGATIVE)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    # A file saved "UTF-8 with BOM", and two of them cat-ed together; the same as arguments.
+    for process in (run_predict(*flags, stdin=f"{BOM}{POSITIVE}\r\n{BOM}{NEGATIVE}\r\n"),
+                    run_predict(*flags, BOM + POSITIVE, BOM + NEGATIVE)):
+        assert process.returncode == 0, process.stderr[-3000:]
+        assert process.stdout == clean.stdout
+    assert BOM not in clean.stdout
+
+
+# Every character str.splitlines() breaks at (and labels.txt must not): U+2028, U+2029,
+# U+0085, \x1c-\x1e, \v, \f; with other scripts, an emoji and a joiner.
+SEPARATED = Task(("good\u2028one", "bad\x85one", "meh\x1cone", "para\u2029graph",
+                  "tab\x0bform\x0cfeed", "group\x1dsep\x1erec", "é 😐\u200d日本"))
+
+
+@pytest.fixture(scope="module")
+def separated_export(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A tiny untrained export whose class names hold line separators, and its scores."""
+    config = Config(model_dir=str(tmp_path_factory.mktemp("separated") / "run"), vocab_size=20,
+                    max_len=8, embedding_dim=4, lstm_units=3)
+    reviews = np.array([POSITIVE, NEGATIVE] * 7, dtype=object)
+    train = data.Split(reviews, np.arange(len(reviews), dtype=np.int32) % 7)
+    keras.utils.set_random_seed(0)
+    net = model.build(config, task=SEPARATED)
+    net.get_layer("probabilities").bias.assign([0.0, 0.5, -0.5, 0.2, -0.2, 0.1, 0.3])
+    version = export.save(config, net, data.make_vectorizer(train, config), SEPARATED)
+    served = tf.saved_model.load(version).signatures["serving_default"](
+        reviews=tf.constant([POSITIVE, NEGATIVE]))
+    return Path(version), served
+
+
+def test_class_names_of_any_unicode_survive_labels_txt_the_export_and_predict(
+        separated_export):
+    version, served = separated_export
+    names = SEPARATED.class_names
+    labels = version / "assets.extra" / "labels.txt"
+    assert labels.read_bytes() == "".join(f"{name}\n" for name in names).encode()
+    assert export.read_labels(str(labels)) == names
+    assert export.load(str(version)).class_names == names
+    best = served["probabilities"].numpy().argmax(axis=1)
+    assert [label.decode() for label in served["label"].numpy()] == [names[i] for i in best]
+
+    # Under an ASCII locale too: predict writes UTF-8 whatever the locale says.
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    process = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model_dir={version}",
+                              "--all", POSITIVE, NEGATIVE], cwd=REPO, env=env,
+                             capture_output=True, timeout=120)
+    assert process.returncode == 0, process.stderr.decode()[-3000:]
+    lines = process.stdout.decode("utf-8").split("\n")  # Lines end at \n only.
+    assert lines[-1] == "" and len(lines) == 3
+    for line, i in zip(lines[:2], best, strict=True):
+        fields = line.split("  ")
+        assert fields[1] == names[i]
+        assert [field.rsplit("=", 1)[0] for field in fields[2:-1]] == list(names)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda text: text + "one more\n", "names 8 classes but the model"),
+    (lambda text: text.replace("\u2028", "\n"), "names 8 classes but the model"),
+    (lambda text: text.split("\n", 1)[1], "names 6 classes but the model"),
+])
+def test_labels_that_do_not_fit_the_model_are_one_line_exit_2(separated_export, tmp_path,
+                                                               edit, needle):
+    version, _ = separated_export
+    copy = tmp_path / "1"
+    shutil.copytree(version, copy)
+    labels = copy / "assets.extra" / "labels.txt"
+    labels.write_text(edit(labels.read_text(encoding="utf-8")), encoding="utf-8")
+    process = run_predict(f"--model_dir={copy}", POSITIVE)
+    assert (process.returncode, process.stdout) == (2, "")
+    assert "Traceback" not in process.stderr
+    [error] = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert needle in error and "scores 7" in error and str(labels) in error
+
+
+def test_labels_that_are_not_utf8_are_one_line_exit_2(separated_export, tmp_path):
+    version, _ = separated_export
+    copy = tmp_path / "1"
+    shutil.copytree(version, copy)
+    (copy / "assets.extra" / "labels.txt").write_bytes(b"caf\xe9\n")
+    process = run_predict(f"--model_dir={copy}", POSITIVE)
+    assert (process.returncode, process.stdout) == (2, "")
+    assert "Traceback" not in process.stderr
+    assert process.stderr.splitlines()[-1].startswith("error: ")
+    assert "labels.txt is not valid UTF-8" in process.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_run_on_class_folders_named_in_any_script_predicts_with_their_names(
+        run_trainer, tmp_path):
+    # Where a user meets it: class folders, the trainer, labels.txt, the export, predict.
+    names = ("bad \u05e8\u05e2", "good\u00a0one", "m\u00e9h\u200d\U0001f610")
+    cues = ("awful boring worst dull", "great wonderful superb loved", "plain average okay so")
+    rng = random.Random(0)
+    for name, cue in zip(names, cues, strict=True):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        words = [*cue.split(), "the", "film", "a", "scene", "story", "actor", "plot"]
+        for i in range(120):
+            text = " ".join(rng.choice(words) for _ in range(14))
+            (tmp_path / "data" / name / f"{i}.txt").write_text(text, encoding="utf-8")
+    model_dir = tmp_path / "run"
+    trained = run_trainer(f"--data_path={tmp_path / 'data'}", f"--model_dir={model_dir}",
+                          "--batch_size=16", "--max_len=16", "--epochs=3")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (model_dir / "labels.txt").read_text(encoding="utf-8") == "".join(
+        f"{name}\n" for name in sorted(names))
+    process = run_predict(f"--model_dir={model_dir}", "great wonderful superb film",
+                          "awful boring worst", "plain average okay")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert [line.split("  ")[1] for line in process.stdout.split("\n")[:-1]] == [
+        names[1], names[0], names[2]]

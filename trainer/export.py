@@ -1,4 +1,4 @@
-"""Saving for serving: a SavedModel that scores raw review strings, on any device.
+r"""Saving for serving: a SavedModel that scores raw review strings, on any device.
 
 ``<model_dir>/export/<version>/`` (version 1, then 2, ... if the folder is
 exported again) holds one signature::
@@ -10,7 +10,9 @@ exported again) holds one signature::
     }
 
 and ``assets.extra/labels.txt``, the class names one a line (id = line number
-- 1), where TF Serving expects extra files and ignores them.
+- 1), where TF Serving expects extra files and ignores them. Lines end at
+``\n`` only, so a name may hold any other character (U+2028, U+0085, ...);
+a name holding ``\n`` or ``\r`` is refused, never written.
 
 That is the layout TensorFlow Serving and Vertex AI load as it is (the
 highest version is served), and the one-input signature is what TF Serving's
@@ -91,15 +93,33 @@ def save(config: Config, net: keras.Model, vectorizer: keras.layers.TextVectoriz
     # Written aside, then renamed into place: a crash mid-write leaves a dot-folder, which
     # neither TF Serving (integer names only) nor find() loads, never a half version.
     temporary = f"{export_root}/.{os.path.basename(path)}.tmp-{os.getpid()}"
-    archive.write_out(temporary, verbose=False)
-    write_labels(f"{temporary}/{EXTRA_DIR}", task.class_names)
-    tf.io.gfile.rename(temporary, path)
+    try:
+        archive.write_out(temporary, verbose=False)
+        write_labels(f"{temporary}/{EXTRA_DIR}", task.class_names)
+        tf.io.gfile.rename(temporary, path)
+    except BaseException:
+        rundir.remove_quietly(temporary)  # A full disk gets back what the half export took.
+        raise
     logging.info("exported the serving SavedModel to %s", path)
     return path
 
 
 def write_labels(folder: str, class_names: Sequence[str]) -> None:
-    """``<folder>/labels.txt``: one class name a line, id = line number - 1; written whole."""
+    r"""``<folder>/labels.txt``: one class name a line, id = line number - 1; written whole.
+
+    UTF-8, each name followed by ``\n``; ``read_labels`` splits at ``\n`` only.
+
+    Raises:
+      UserError: a name holds a line break (``\n`` or ``\r``), or is blank:
+        it could not be read back as one line (``task.Task`` refuses these
+        first; this keeps any other caller from writing a file that reads
+        back as other classes).
+    """
+    for name in class_names:
+        if "\n" in name or "\r" in name or not name.strip():
+            raise UserError(f"class name {name!r} cannot be one line of {LABELS_FILE}: class "
+                            "names must be non-empty and hold no line break (\\n or \\r); "
+                            "rename that class in the data.")
     tf.io.gfile.makedirs(folder)
     rundir.write_atomically(f"{folder}/{LABELS_FILE}",
                             lambda f: f.write("".join(f"{name}\n" for name in class_names)))
@@ -235,7 +255,14 @@ def load(path: str) -> Classifier:
         raise UserError(f"{export_dir} is not a readable SavedModel ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:200] if str(error) else ''}); export "
                         "it again by re-running training.") from None
-    class_names = read_labels(f"{export_dir}/{EXTRA_DIR}/{LABELS_FILE}")
+    labels = f"{export_dir}/{EXTRA_DIR}/{LABELS_FILE}"
+    class_names = read_labels(labels)
+    scores = _classes_scored(signature)
+    if scores is not None and scores != len(class_names):
+        raise UserError(f"{labels} names {len(class_names)} classes but the model in {export_dir} "
+                        f"scores {scores}; that file must list the model's class names, one a "
+                        "line, in class id order: restore it from the run folder's "
+                        f"{LABELS_FILE}, or train again.")
 
     def probabilities(reviews: Sequence[str]) -> np.ndarray:
         outputs = signature(**{INPUT_KEY: tf.constant(list(reviews), tf.string)})
@@ -247,9 +274,32 @@ def load(path: str) -> Classifier:
     return Classifier(class_names, probabilities)
 
 
+def _classes_scored(signature: Callable[..., dict[str, tf.Tensor]]) -> int | None:
+    """How many classes the serving signature scores (None if its outputs do not say)."""
+    outputs = getattr(signature, "structured_outputs", None) or {}
+    if PROBABILITIES_KEY in outputs:
+        return outputs[PROBABILITIES_KEY].shape[-1]
+    return 2 if POSITIVE_KEY in outputs else None  # An export from before class names.
+
+
 def read_labels(path: str) -> tuple[str, ...]:
-    """The class names of a ``labels.txt``; IMDB's two where there is none (older exports)."""
+    r"""The class names of a ``labels.txt``; IMDB's two where there is none (older exports).
+
+    Lines end at ``\n`` only (``str.splitlines`` would also split a name at
+    U+2028, U+0085, ``\x1c``...); a ``\r`` before it (a file edited on
+    Windows), a byte-order mark and blank lines are dropped.
+
+    Raises:
+      UserError: the file is not UTF-8.
+    """
     if not tf.io.gfile.exists(path):
         return BINARY_CLASS_NAMES
-    with tf.io.gfile.GFile(path) as f:
-        return tuple(line.rstrip("\r\n") for line in f.read().splitlines() if line.strip())
+    with tf.io.gfile.GFile(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not valid UTF-8 (byte {error.start + 1}); it must list the "
+                        "class names in UTF-8, one a line.") from None
+    lines = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+    return tuple(line for line in lines if line.strip())

@@ -20,7 +20,11 @@ adds every class's probability, in labels.txt order, before the words::
 
 Reviews are scored ``--batch_size`` at a time and stdin is read as it comes, so
 memory stays flat however many reviews are piped in, and each batch's lines are
-printed as soon as it is scored. stdin must be UTF-8; blank lines are skipped.
+printed as soon as it is scored. stdin must be UTF-8, and stdout is UTF-8
+whatever the locale; blank lines are skipped,
+and a byte-order mark (U+FEFF, which Windows editors put first in a file) is
+removed from the start of each line and argument, never scored as part of the
+first word.
 
 ``--model_dir`` is a run's folder (the highest version in its ``export/`` is
 loaded), an export folder, or one version folder. Only TensorFlow is needed:
@@ -45,6 +49,7 @@ from absl import app, flags  # noqa: E402
 from trainer import export  # noqa: E402
 from trainer.errors import UserError, exit_with, parse_flags  # noqa: E402
 
+BOM = "\ufeff"  # The byte-order mark: no part of any review.
 PREVIEW_WORDS = 8  # Words of each review echoed back, so a line says which review it scores.
 
 FLAGS = flags.FLAGS
@@ -77,6 +82,10 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     """Reads reviews from the arguments (or stdin), scores them, prints one line each."""
+    if hasattr(sys.stdout, "reconfigure"):
+        # UTF-8 out as in, whatever the locale says: a class name or a review in any
+        # script prints, instead of a UnicodeEncodeError under an ASCII or Latin-1 locale.
+        sys.stdout.reconfigure(encoding="utf-8")
     try:
         # First: a wrong folder is the likelier mistake.
         classifier = export.load(FLAGS.model_dir)
@@ -105,7 +114,7 @@ def read_reviews(args: Sequence[str], stdin: BinaryIO) -> Iterator[str]:
         a line of it is not UTF-8 (raised when that line is reached).
     """
     if args:
-        return iter(args)
+        return (without_bom(arg) for arg in args)
     if stdin.isatty():
         raise UserError('no reviews: give them as arguments ("A wonderful film.") or as lines '
                         "on stdin (cat reviews.txt | python -m trainer.predict ...).")
@@ -115,13 +124,22 @@ def read_reviews(args: Sequence[str], stdin: BinaryIO) -> Iterator[str]:
 def _stdin_lines(stdin: BinaryIO) -> Iterator[str]:
     for number, raw in enumerate(stdin, start=1):
         try:
-            line = raw.decode("utf-8").strip()
+            line = without_bom(raw.decode("utf-8")).strip()
         except UnicodeDecodeError as error:
             raise UserError(f"stdin line {number} is not valid UTF-8 (byte {error.start + 1}: "
                             f"{raw[error.start:error.start + 1]!r}); convert the file, e.g. "
                             "iconv -f latin1 -t utf-8 reviews.txt.") from None
         if line:
             yield line
+
+
+def without_bom(text: str) -> str:
+    """``text`` without the byte-order mark(s) a file or its lines may start with.
+
+    A file saved "UTF-8 with BOM" starts with U+FEFF; ``cat``-ing several
+    such files puts one at the start of a line inside the stream.
+    """
+    return text.lstrip(BOM)
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
