@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
 from trainer import checkpoints
-from trainer.errors import UserError
+from trainer.errors import DiskFullError, UserError, exit_code_and_line
 
 
 def _saved(directory: Path, count: int = 3) -> tuple[tf.train.Checkpoint, tf.Variable, list[str]]:
@@ -91,3 +94,42 @@ def test_set_aside_keeps_the_older_ones_listed(tmp_path):
     assert len(list((tmp_path / checkpoints.DIVERGED_DIR).iterdir())) == 4
     checkpoints.set_aside(paths[:1], str(tmp_path), checkpoints.DIVERGED_DIR)
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
+
+
+@contextlib.contextmanager
+def full_disk(tmp_path: Path, megabytes: int = 4) -> Iterator[Path]:
+    """A real tmpfs of ``megabytes``, to be filled; skipped where mount is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+                           str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a small file system here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_save_on_a_full_disk_is_one_line_and_keeps_the_older_ones(tmp_path):
+    with full_disk(tmp_path) as disk:
+        variable = tf.Variable(tf.fill([4096], 1.0))
+        state = tf.train.Checkpoint(v=variable)
+        manager = tf.train.CheckpointManager(state, str(disk / "checkpoints"), max_to_keep=3,
+                                             checkpoint_name=checkpoints.PREFIX)
+        first = checkpoints.save(manager)
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k", "count=1000"],
+                       capture_output=True, check=False)
+        variable.assign(tf.fill([4096], 2.0))
+        with pytest.raises(DiskFullError) as raised:
+            checkpoints.save(manager)
+        assert str(raised.value).startswith(
+            f"could not write a checkpoint to {disk}/checkpoints: no space left on its disk")
+        assert "free some space" in str(raised.value) and "\n" not in str(raised.value)
+        assert exit_code_and_line(raised.value) == (2, f"error: {raised.value}")
+        # What the failed save wrote is removed; the complete one is still the newest.
+        assert not [p for p in (disk / "checkpoints").iterdir()
+                    if p.name.endswith("_temp") or ".tempstate" in p.name]
+        assert manager.latest_checkpoint == first
+        assert checkpoints.restore_newest(state, str(disk / "checkpoints"), repair=True) == first
+        assert float(variable[0]) == 1.0

@@ -7,18 +7,21 @@ set aside (moved to ``unreadable/``, never deleted) and the next newest is
 used; a lost index is rebuilt from the checkpoint files beside it; after a
 divergence, the checkpoints saved since the last healthy loss are moved to
 ``diverged/``, so the one kept is one whose weights were seen to train well.
+Every save goes through ``save``: a full disk or a lost folder ends the run in
+one line that names the folder and the checkpoint a rerun resumes from.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import tensorflow as tf
 from absl import logging
 
 from trainer.config import Config
-from trainer.errors import UserError
+from trainer.errors import DiskFullError, UserError, is_disk_full
 
 PREFIX = "ckpt"
 UNREADABLE_DIR = "unreadable"
@@ -44,6 +47,53 @@ def make_managers(state: tf.train.Checkpoint, best_weights: tf.train.Checkpoint,
         best = tf.train.CheckpointManager(best_weights, f"{directory}/best", max_to_keep=1,
                                           checkpoint_name=PREFIX)
     return manager, best
+
+
+def save(manager: tf.train.CheckpointManager, checkpoint_number: int | None = None) -> str:
+    """``manager.save``, with a failed write ending in one line instead of a traceback.
+
+    TensorFlow writes a checkpoint under temporary names and lists it only
+    once whole, so a failed save leaves the older ones as they were; its
+    temporary files are removed, giving back the space they took.
+
+    Returns:
+      The saved checkpoint's path.
+
+    Raises:
+      DiskFullError: the disk (or quota) is full.
+      UserError: another write failure (the folder lost, or its permissions).
+    """
+    try:
+        return manager.save(checkpoint_number=checkpoint_number)
+    except (tf.errors.OpError, OSError) as error:
+        directory = manager.directory
+        _remove_temporaries(directory)
+        resume = "then run the same command to resume from the last complete checkpoint."
+        if is_disk_full(error):
+            raise DiskFullError(f"could not write a checkpoint to {directory}: no space left on "
+                                f"its disk{_free(directory)}; free some space, {resume}") from None
+        raise UserError(f"could not write a checkpoint to {directory} ({_first_line(error)}); fix "
+                        f"the folder, {resume}") from None
+
+
+def _remove_temporaries(directory: str) -> None:
+    """Removes what a failed save left (``ckpt-N_temp/``, ``*.tempstate*``); never raises."""
+    for pattern in ("*_temp", "*.tempstate*"):
+        try:
+            for path in tf.io.gfile.glob(f"{directory}/{pattern}"):
+                if tf.io.gfile.isdir(path):
+                    tf.io.gfile.rmtree(path)
+                else:
+                    tf.io.gfile.remove(path)
+        except (tf.errors.OpError, OSError):
+            pass  # Best effort: the one-line error that follows matters more.
+
+
+def _free(directory: str) -> str:
+    try:
+        return f" ({shutil.disk_usage(directory).free >> 20} MB free)"
+    except OSError:
+        return ""  # gs://, or the folder is gone.
 
 
 def listed(directory: str, *, repair: bool) -> list[str]:
@@ -150,5 +200,6 @@ def _absolute(path: str, directory: str) -> str:
 
 def _first_line(error: Exception) -> str:
     text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.strip())  # TensorFlow's "{{function_node ...}}".
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[0] if lines else type(error).__name__)[:200]

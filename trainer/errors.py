@@ -4,15 +4,22 @@
 | --- | --- | --- |
 | 1 | ``TrainingDivergedError`` | ``error: training loss ...`` |
 | 2 | ``UserError`` | ``error: <flag or file>: ...`` |
+| 2 | ``DiskFullError``, or any write failing for want of space | ``error: ... no space ...`` |
 | 75 | ``Stopped`` by SIGTERM (``PreemptedError`` once saved) | ``preempted: ...`` |
 | 75 | ``ClusterError`` | ``error: lost contact with another worker ...`` |
 | 130 | ``Stopped`` by Ctrl-C | ``interrupted: ...`` |
 
-75 is ``EX_TEMPFAIL``, "restart me": running the same command resumes.
+75 is ``EX_TEMPFAIL``, "restart me": running the same command resumes. A full
+disk is 2, not 75: restarting does not free space; once there is room, the same
+command resumes from the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import shutil
 import signal
 import sys
 from typing import NoReturn
@@ -30,6 +37,14 @@ class UserError(Exception):
 
     The programs print its message as one line (no traceback) and exit 2, so
     the message must name the flag or file and say what to do.
+    """
+
+
+class DiskFullError(UserError):
+    """A checkpoint or an output could not be written: its disk is full (exit 2).
+
+    Nothing is retried (a restart would meet the same full disk); once there
+    is room, the same command resumes from the last complete checkpoint.
     """
 
 
@@ -62,8 +77,76 @@ class PreemptedError(Stopped):
     """A signal arrived during training and the training state was saved."""
 
 
-def exit_code_and_line(error: BaseException) -> tuple[int, str] | None:
-    """The exit code and last line for one of this module's exceptions; None for others."""
+# How a full disk reads in OSError and in TensorFlow's errors ("<path>; No space left on device").
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = tuple(os.strerror(code) for code in _FULL)
+_OP_PREFIX = re.compile(r"^\{\{[^}]*\}\}\s*")  # TensorFlow's "{{function_node ...}} ".
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, once each."""
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or one it came from) says a disk or quota is full.
+
+    OSError carries ENOSPC or EDQUOT; TensorFlow's file and checkpoint ops
+    raise ``ResourceExhaustedError`` (or another ``OpError``) whose message
+    ends in the system's text for it.
+    """
+    return any((isinstance(e, OSError) and e.errno in _FULL)
+               or any(text in str(e) for text in _FULL_TEXTS) for e in _chain(error))
+
+
+def full_disk_folder(error: BaseException, default: str = "") -> str:
+    """The folder whose write failed for want of space, as a person knows it.
+
+    From the OSError's file name or TensorFlow's message, cut before the first
+    temporary name (``.name.tmp-<pid>``, ``ckpt-3_temp``): what is left is the
+    run's folder, or its ``checkpoints``, ``tensorboard`` or ``export`` folder.
+    ``default`` when no path is named.
+    """
+    for e in _chain(error):
+        path = getattr(e, "filename", None) if isinstance(e, OSError) else None
+        if not path:
+            text = _OP_PREFIX.sub("", str(getattr(e, "message", None) or e).strip())
+            path = text.split(";")[0].strip() if "/" in text.split(";")[0] else None
+        if path:
+            parts = str(path).split("/")[:-1]  # The file's folder...
+            for i, part in enumerate(parts):  # ... above any temporary one.
+                if (part.startswith(".") and part not in (".", "..")) or part.endswith("_temp"):
+                    parts = parts[:i]
+                    break
+            return "/".join(parts) or "/"
+    return default
+
+
+def disk_full_message(folder: str) -> str:
+    """The one line for a write that found ``folder``'s disk full (after ``error: ``)."""
+    try:
+        free = f" ({shutil.disk_usage(folder).free >> 20} MB free)"
+    except OSError:
+        free = ""
+    return (f"no space left on the disk of {folder}{free}; free some space (or move the run "
+            "to a bigger disk), then run the same command to resume from the last complete "
+            "checkpoint.")
+
+
+def exit_code_and_line(error: BaseException, model_dir: str = "") -> tuple[int, str] | None:
+    """The exit code and last line for one of this module's exceptions; None for others.
+
+    Any error a full disk caused (an output, a TensorBoard file, a checkpoint
+    written outside ``trainer.checkpoints``) is one line naming the folder,
+    exit 2; ``model_dir`` is named when the error names no path.
+    """
+    if not isinstance(error, UserError | TrainingDivergedError | ClusterError | Stopped) and (
+            is_disk_full(error)):
+        return EXIT_USAGE, f"error: {disk_full_message(full_disk_folder(error, model_dir))}"
     if isinstance(error, UserError):
         return EXIT_USAGE, f"error: {error}"
     if isinstance(error, TrainingDivergedError):

@@ -227,8 +227,9 @@ class Checkpointer:
         return kept
 
     def save_best(self, epoch: int) -> None:
+        """Saves the best epoch's weights; a failed write is one line (``checkpoints.save``)."""
         if self.best_manager is not None:
-            self.best_manager.save(checkpoint_number=epoch)
+            checkpoints.save(self.best_manager, checkpoint_number=epoch)
 
     def best(self) -> str | None:
         """The best epoch's weights, if early stopping saved any."""

@@ -235,8 +235,25 @@ def renamed_into_place(path: str, suffix: str = "") -> Iterator[str]:
     import tensorflow as tf
 
     temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}{suffix}"
-    yield temporary
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    try:
+        yield temporary
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    except BaseException:
+        remove_quietly(temporary)  # A full disk gets back what the failed write took.
+        raise
+
+
+def remove_quietly(path: str) -> None:
+    """Removes the file or folder ``path`` if it is there; never raises (a clean-up)."""
+    import tensorflow as tf
+
+    try:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    except Exception:  # Best effort: the error being raised matters more.
+        pass
 
 
 def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
