@@ -60,24 +60,30 @@ from trainer.errors import UserError, exit_code_and_line, exit_with, parse_flags
 def main(argv: list[str]) -> None:
     """Parses nothing itself: flags -> Config -> train_and_evaluate; one line on any stop.
 
-    Exit codes (README, "What ends a run"): 0 finished, 1 diverged, 2 bad input,
-    75 stopped by SIGTERM or a lost worker (run the same command again), 130 Ctrl-C.
+    Exit codes (README, "What ends a run"): 0 finished, 1 diverged, 2 bad input or a
+    full disk, 75 stopped by SIGTERM or a lost worker (run the same command again),
+    130 Ctrl-C. Once the code is decided, a late SIGTERM cannot change it
+    (``Signals.end``).
     """
+    model_dir = ""
     try:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag "
                             "(see --help).")
         config = flags.to_config()  # Bad flags stop here, before TensorFlow's seconds.
+        model_dir = config.model_dir
         tf_log.import_tensorflow(absl_flags.FLAGS.tf_log_level)  # At its C++ log level.
         from trainer import train
 
         _quiet_tensorflow_internals()
         train.train_and_evaluate(config)
     except Exception as error:
-        ending = exit_code_and_line(error)
+        ending = exit_code_and_line(error, model_dir)  # A full disk anywhere: one line too.
         if ending is None:
             raise
+        SIGNALS.end()
         exit_with(ending[1], ending[0])
+    SIGNALS.end()
 
 
 def run() -> None:
