@@ -325,6 +325,19 @@ def state_settings(config: Config, **measured: Any) -> dict[str, Any]:
     return {**values, **measured}
 
 
+def unused_changes(changes: dict[str, list[Any]]) -> str:
+    """``, so this command's --epochs=5 (the run's: 3) takes no effect`` ("" for none).
+
+    For a finished run, which is not trained again: the safe settings this
+    command changes (``Manifest.safe_changes``) take no effect.
+    """
+    if not changes:
+        return ""
+    named = [f"--{name}={new} (the run's: {old})" for name, (old, new) in changes.items()]
+    listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    return f", so this command's {listed} {'takes' if len(named) == 1 else 'take'} no effect"
+
+
 class Manifest:
     """``<model_dir>/manifest.json``: what the run is, and each attempt that ran it.
 
@@ -373,8 +386,18 @@ class Manifest:
         self.value["attempts"].append(attempt)
         write_json(self.path, self.value)
 
-    def refuse(self, differences: list[str], model_dir: str) -> UserError:
-        """The one-line error for a resume that would mix two states."""
+    def refuse(self, differences: list[str], model_dir: str, *, finished: bool = False
+               ) -> UserError:
+        """The one-line error for a resume that would mix two states.
+
+        With ``finished``: for a command whose data or settings differ from a
+        finished run's, whose results are not this command's.
+        """
+        if finished:
+            return UserError(
+                f"--model_dir={model_dir} holds a finished run with other settings "
+                f"({'; '.join(differences)}); its results are not this command's. Pass "
+                "--overwrite to start this folder over, or pick a new --model_dir.")
         return UserError(
             f"--model_dir={model_dir} holds a run with other settings ({'; '.join(differences)}); "
             "resuming would mix two trainings. Pass --overwrite to start this folder over, or "

@@ -76,12 +76,9 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     finished = rundir.read_json(f"{config.model_dir}/{METRICS_FILE}")
     if finished is not None and not config.overwrite:
         # Done already, e.g. killed after writing its outputs: the same command succeeds
-        # again, so a supervisor that restarts it sees the run as finished.
-        logging.warning("%s/%s holds a finished run (test accuracy %.4f): not training it "
-                        "again; pass --overwrite to start over, or pick a new --model_dir.",
-                        config.model_dir, METRICS_FILE,
-                        finished.get("test_accuracy", float("nan")))
-        return finished
+        # again, so a supervisor that restarts it sees the run as finished; a command with
+        # other data or settings is refused, as its resume would be.
+        return _answer_finished(config, finished, precision)
     manifest = rundir.Manifest(config.model_dir)
     early_state = rundir.state_settings(config, precision=precision)
     if (not config.overwrite and checkpoints.listed(config.checkpoint_dir, repair=False)
@@ -240,6 +237,37 @@ def _fingerprints(splits: data.Splits,
         "vocabulary_fingerprint": rundir.fingerprint(
             vectorizer.get_vocabulary() if vectorizer is not None else []),
     }
+
+
+def _answer_finished(config: Config, finished: dict[str, Any], precision: str) -> dict[str, Any]:
+    """The finished run's metrics as this command's result, if this command is the run's.
+
+    Checked as a resume is: other state settings are refused before the data
+    is read; then the data is read and other data (its fingerprint) or other
+    class names are refused too. Nothing is trained again, so a setting a
+    resume may change (--epochs, --learning_rate...) takes no effect: the one line
+    says so. A folder from before the manifest has nothing to compare.
+
+    Raises:
+      UserError: other data or settings than the finished run's (or unreadable data).
+    """
+    manifest = rundir.Manifest(config.model_dir)
+    if changed := manifest.differences(rundir.state_settings(config, precision=precision)):
+        raise manifest.refuse(changed, config.model_dir, finished=True)  # Before the data.
+    if manifest.value:
+        splits = data.load(config)
+        changed = manifest.differences(
+            {"data_fingerprint": _fingerprints(splits, None)["data_fingerprint"]})
+        recorded, names = finished.get("class_names"), list(splits.class_names)
+        if recorded is not None and list(recorded) != names:
+            changed.append(f"class_names: {recorded!r} -> {names!r}")
+        if changed:
+            raise manifest.refuse(changed, config.model_dir, finished=True)
+    logging.warning("%s/%s holds a finished run (test accuracy %.4f): not training it again%s; "
+                    "pass --overwrite to start over, or pick a new --model_dir.",
+                    config.model_dir, METRICS_FILE, finished.get("test_accuracy", float("nan")),
+                    rundir.unused_changes(manifest.safe_changes(config)))
+    return finished
 
 
 def _starts_over(config: Config, manifest: rundir.Manifest, finished: bool,
