@@ -69,3 +69,24 @@ def test_without_torch_the_contender_is_skipped_with_a_message(monkeypatch, caps
     racers = contenders.startable(list(contenders.TORCH), tiny_reviews.splits, seed=1)
     assert racers == []
     assert capsys.readouterr().err == "skipping torch_lstm: no torch\n" * 2
+
+
+@pytest.mark.slow
+def test_wall_clock_runs_the_main_job_as_a_user_and_reports_its_phases(tmp_path, capsys):
+    from benchmarks import wall_clock
+
+    root = write_tree(tmp_path, aclimdb_files(per_class=64))
+    summary = wall_clock.main([f"--data_path={root}", "--seeds=1,2",
+                               "--flags=--epochs=2 --max_len=32 --batch_size=16"])
+    assert [run["seed"] for run in summary["runs"]] == [1, 2]
+    for run in summary["runs"]:
+        # Timed from outside the trainer's process, so at least what the run measured itself.
+        assert run["process_seconds"] >= run["phases_sec"]["total"] - 0.5
+        assert run["epochs_completed"] == 2
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+        assert run["phases_sec"]["training_steps"] > 0
+    assert summary["mean_test_accuracy"] == pytest.approx(
+        sum(run["test_accuracy"] for run in summary["runs"]) / 2, abs=1e-4)
+    assert set(summary["mean_phases_sec"]) >= {"startup", "reading", "training_steps",
+                                               "between_steps", "test_evaluation", "total"}
+    assert '"mean_process_seconds"' in capsys.readouterr().out  # The JSON goes to stdout.

@@ -19,7 +19,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, cluster, data, distribute, export, loop, model, rundir, summaries
+from trainer import (
+    checkpoints,
+    cluster,
+    data,
+    distribute,
+    export,
+    loop,
+    model,
+    phases,
+    rundir,
+    summaries,
+)
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.preemption import DONE, EVALUATING, SIGNALS, STARTING, WRITING
@@ -51,6 +62,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       ClusterError: a worker did not start, or was lost.
     """
     start = time.time()
+    clock = phases.Phases()  # From the process's start: what the user waits for.
     SIGNALS.enter(STARTING)
     chief = cluster.is_chief_task(cluster.parse_tf_config(os.environ.get("TF_CONFIG")))
     created = rundir.is_local(config.model_dir) and not os.path.exists(config.model_dir)
@@ -63,14 +75,14 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         owner = (rundir.owned(config.model_dir) if chief and rundir.is_local(config.model_dir)
                  else contextlib.nullcontext())
         with owner:
-            return _run(config, start)
+            return _run(config, start, clock)
     except UserError:
         if created and chief:
             rundir.remove_if_unused(config.model_dir)
         raise
 
 
-def _run(config: Config, start: float) -> dict[str, Any]:
+def _run(config: Config, start: float, clock: phases.Phases) -> dict[str, Any]:
     runtime = _start(config)
     precision, chief = runtime.precision, runtime.chief
     finished = rundir.read_json(f"{config.model_dir}/{METRICS_FILE}")
@@ -87,7 +99,8 @@ def _run(config: Config, start: float) -> dict[str, Any]:
     logging.info("strategy %s with %d replica(s); precision %s; model_dir %s",
                  runtime.strategy_name, runtime.num_replicas, precision, config.model_dir)
 
-    splits, vectorizer, datasets, test_batches = _read_data(config)
+    clock.lap(phases.STARTUP)
+    splits, vectorizer, datasets, test_batches = _read_data(config, clock)
     classes = Task(splits.class_names)
     SIGNALS.pause_point("data read")
     state = {**early_state, **_fingerprints(splits, vectorizer)}
@@ -101,20 +114,21 @@ def _run(config: Config, start: float) -> dict[str, Any]:
         raise manifest.refuse(changed, config.model_dir)
 
     net, fit, tally = _train(config, runtime, splits, datasets, test_batches, classes,
-                             manifest, state)
+                             manifest, state, clock)
     test = tally.metrics("test")
     logging.info("test | %s", summaries.format_metrics(test))
     metrics = _metrics(config, runtime, net, splits, classes, fit, tally, start)
     SIGNALS.enter(WRITING)
     if chief:
-        write_outputs(config, net, vectorizer, metrics, classes)
+        write_outputs(config, net, vectorizer, metrics, classes, clock)
+    logging.info("time by phase: %s", clock.line())
     SIGNALS.enter(DONE)
     return metrics
 
 
 def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
            datasets: loop.Datasets, test_batches: tf.data.Dataset, classes: Task,
-           manifest: rundir.Manifest, state: dict[str, Any]
+           manifest: rundir.Manifest, state: dict[str, Any], clock: phases.Phases
            ) -> tuple[keras.Model, loop.FitResult, Tally]:
     """Builds the model, resumes, trains and tallies the test split; returns what it kept."""
     strategy, chief = runtime.strategy, runtime.chief
@@ -141,12 +155,16 @@ def _train(config: Config, runtime: distribute.Runtime, splits: data.Splits,
         reporter = summaries.Summaries(config, chief, net, optimizer,
                                        steps_per_call=plan.steps_per_call,
                                        total_steps=plan.total_steps)
+        clock.lap(phases.MODEL)
         try:
             with cluster.lost_workers_stop(strategy, config.checkpoint_dir):
                 fit = trainer.fit(datasets, plan, reporter, manager, best_manager)
+                clock.lap(phases.TRAINING_STEPS)
+                clock.split_training(fit.train_seconds, fit.epoch_end_seconds)
                 SIGNALS.enter(EVALUATING)
                 logging.info("evaluating the kept weights on %d test reviews", len(splits.test))
                 tally = trainer.tally(test_batches)
+                clock.lap(phases.TEST)
             test = tally.metrics("test")
             # The HParams table's result columns, beside the flags written at the start.
             reporter.scalars(fit.train_steps,
@@ -174,8 +192,9 @@ def _start(config: Config) -> distribute.Runtime:
     return runtime
 
 
-def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorization | None,
-                                        loop.Datasets, tf.data.Dataset]:
+def _read_data(config: Config, clock: phases.Phases
+               ) -> tuple[data.Splits, keras.layers.TextVectorization | None, loop.Datasets,
+                          tf.data.Dataset]:
     """Reads the splits, adapts the vocabulary on the training split, encodes them all.
 
     Returns:
@@ -183,6 +202,7 @@ def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorizat
       validates on, and the test batches.
     """
     splits = data.load(config)
+    clock.lap(phases.READING)
     logging.info("data: %d train, %d validation, %d test reviews from %s", len(splits.train),
                  len(splits.validation), len(splits.test), splits.source)
     if len(splits.train) < config.batch_size:
@@ -200,6 +220,7 @@ def _read_data(config: Config) -> tuple[data.Splits, keras.layers.TextVectorizat
     datasets = loop.Datasets(train=epoch_batches(train, config), train_examples=len(train),
                              evaluation=evaluation)
     test = evaluation_batches(data.encode(splits.test, vectorizer, config), config)
+    clock.lap(phases.VECTORIZING)
     return splits, vectorizer, datasets, test
 
 
@@ -378,14 +399,16 @@ def _metrics(config: Config, runtime: distribute.Runtime, net: keras.Model,
 
 def write_outputs(config: Config, net: keras.Model,
                   vectorizer: keras.layers.TextVectorization | None,
-                  metrics: dict[str, Any], classes: Task) -> None:
+                  metrics: dict[str, Any], classes: Task,
+                  clock: phases.Phases | None = None) -> None:
     """Writes what a finished run leaves for people and programs; chief only.
 
     The vocabulary, the class names (labels.txt), the .keras model (token ids
     in), the serving SavedModel (raw reviews in), the training curves picture
     and, last, metrics.json (the "done" mark). Each file is written under a
     temporary name and renamed, so a kill at any moment leaves no half-written
-    file under its real name.
+    file under its real name. With ``clock``, metrics.json records the run's
+    seconds by phase (``phases_sec``), up to the moment it is written.
     """
     model_dir = config.model_dir
     if vectorizer is not None:
@@ -401,6 +424,9 @@ def write_outputs(config: Config, net: keras.Model,
     with rundir.renamed_into_place(f"{model_dir}/{summaries.CURVES_FILE}",
                                    suffix=".png") as curves:
         summaries.write_training_curves(metrics["history"], curves)
+    if clock is not None:
+        clock.lap(phases.OUTPUTS)
+        metrics["phases_sec"] = clock.report()
     rundir.write_json(f"{model_dir}/{METRICS_FILE}", metrics)
     logging.info("wrote %s, %s, %s, %s, %s/ and %s to %s", VOCAB_FILE, LABELS_FILE, MODEL_FILE,
                  summaries.CURVES_FILE, export.EXPORT_DIR, METRICS_FILE, model_dir)
