@@ -36,14 +36,19 @@ def aclimdb_files(per_class: int = 12, unsup: bool = False,
                   repeat: int = 1) -> dict[str, bytes]:
     """{member name: bytes} of an aclImdb tree with per_class reviews per split and class.
 
-    ``repeat`` writes each review's text that many times (about 20 tokens each).
+    ``repeat`` writes each review's text that many times (about 20 tokens each). The
+    test reviews are other reviews than the training ones (indices from
+    ``max(100, per_class)``), as in a real split: accuracy on training texts
+    measures memory, not what a run learned.
     """
     files = {"aclImdb/README": b"tiny test copy\n", "aclImdb/imdb.vocab": b"the\n"}
+    test_from = max(100, per_class)
     for split in ("train", "test"):
         for label in ("pos", "neg"):
             for i in range(per_class):
                 rating = 8 if label == "pos" else 2
-                text = " ".join([review_text(label, i + (100 if split == "test" else 0))] * repeat)
+                text = " ".join([review_text(label, i + (test_from if split == "test" else 0))]
+                                * repeat)
                 files[f"aclImdb/{split}/{label}/{i}_{rating}.txt"] = text.encode()
     if unsup:
         files["aclImdb/train/unsup/0_0.txt"] = b"unlabeled review that must be skipped"

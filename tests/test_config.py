@@ -32,7 +32,8 @@ def test_defaults_are_the_articles_model_at_the_measured_batch_and_rates():
     config = Config()
     assert (config.vocab_size, config.max_len, config.embedding_dim, config.lstm_units,
             config.learning_rate) == (10000, 500, 32, 100, 1e-3)
-    # benchmarks/README.md: 0.87 within the first epoch on 3 of 3 seeds.
+    # docs/performance.md#batch-32-the-embedding-at-10x-adams-beta_2-099: 0.87 within
+    # the first epoch on 3 of 3 seeds.
     assert (config.batch_size, config.embedding_lr_scale, config.adam_beta_2) == (32, 10.0, 0.99)
 
 

@@ -185,7 +185,8 @@ def test_cpu_policy_gives_a_core_a_chain_while_the_rows_allow(cores, rows):
     assert 1 <= chains <= cores
     assert rows // chains >= min(rows, MIN_ROWS_PER_CHAIN)  # No chain too small to pay.
     # As many chains as the rows allow; never threads per op, which measured slower
-    # (benchmarks/README.md, fifth session: one chain on 2 threads ran 2-6x slower than on 1).
+    # (docs/performance.md#one-thread-per-op: one chain on 2 threads ran 4.6x and 5.4x
+    # slower than on 1 at batch 32).
     assert chains == min(cores, max(1, rows // MIN_ROWS_PER_CHAIN))
     assert threads == 1
 

@@ -58,7 +58,7 @@ class Config:
     (a short run on little data ends on small steps instead of overfitting at
     the full rate), the weights' moving average validated and kept, and on a
     CPU the LSTM's fused recurrence with one thread per op (measured in
-    ``benchmarks/README.md``). ``PRESETS["article_settings"]`` is the article's
+    ``docs/performance.md``). ``PRESETS["article_settings"]`` is the article's
     exact recipe. A new field here is a new flag: ``trainer.flags`` defines one
     per field from its ``setting``.
     """
@@ -128,7 +128,7 @@ class Config:
         "Model", True,
         "On a CPU, run the LSTM through trainer.lstm.LeanLSTM: Keras' layer, weights and "
         "function (within 1e-5), its recurrence one fused BlockLSTM op per chain of rows "
-        "(faster than Keras' loop: see benchmarks/README.md). On a GPU it is Keras' LSTM "
+        "(faster than Keras' loop: see docs/performance.md). On a GPU it is Keras' LSTM "
         "(cuDNN) either way. Off: keras.layers.LSTM everywhere, as the article.")
     padding: str = setting(
         "Model", "post",

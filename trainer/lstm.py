@@ -17,16 +17,17 @@ gradient, ``BlockLSTMGrad``, every step backwards inside another):
 - each op runs on one thread: with more, each small step's matmul is split
   across cores and pays a hand-off at every one of its hundreds of steps,
   which measured slower than one thread even with cores to spare
-  (``benchmarks/README.md``). Cores the rows cannot fill with chains are
-  left to the input pipeline (``cpu_policy``; ``--intra_op_threads``
-  overrides it);
+  (``docs/performance.md``, "One thread per op"). Cores the rows cannot
+  fill with chains are left to the input pipeline (``cpu_policy``;
+  ``--intra_op_threads`` overrides it);
 - a mask is not applied step by step: a masked step carries the state
   unchanged, so each row's unmasked steps are moved to the front (one gather),
   and the row's state is read after that many steps.
 
 Whether that is faster here is measured, not assumed: ``python -m
 benchmarks.lstm_kernel`` and ``python -m benchmarks.throughput`` race it
-against Keras' LSTM (see ``benchmarks/README.md``).
+against Keras' LSTM (see ``docs/performance.md``, "The fused LSTM on a
+CPU").
 
 Masked timesteps carry the state unchanged and the layer returns the output
 of the last unmasked step, as Keras does.
