@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,18 @@ def _absl_logs_reach_caplog():
 
     absl_logging.set_verbosity(absl_logging.INFO)
     yield
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, megabytes: int = 4) -> Iterator[Path]:
+    """A real tmpfs of ``megabytes`` at ``tmp_path/disk-<N>m``; skipped where mount is refused."""
+    mount = tmp_path / f"disk-{megabytes}m"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+                           str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a small file system here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

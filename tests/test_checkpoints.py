@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
+from tests.conftest import small_disk
 from trainer import checkpoints
 from trainer.errors import DiskFullError, UserError, exit_code_and_line
 
@@ -96,23 +95,9 @@ def test_set_aside_keeps_the_older_ones_listed(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
 
 
-@contextlib.contextmanager
-def full_disk(tmp_path: Path, megabytes: int = 4) -> Iterator[Path]:
-    """A real tmpfs of ``megabytes``, to be filled; skipped where mount is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
-                           str(mount)], capture_output=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a small file system here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
 
 def test_a_save_on_a_full_disk_is_one_line_and_keeps_the_older_ones(tmp_path):
-    with full_disk(tmp_path) as disk:
+    with small_disk(tmp_path) as disk:
         variable = tf.Variable(tf.fill([4096], 1.0))
         state = tf.train.Checkpoint(v=variable)
         manager = tf.train.CheckpointManager(state, str(disk / "checkpoints"), max_to_keep=3,

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import small_disk
 from trainer import data, export, model, rundir, summaries
 from trainer.config import Config
 from trainer.errors import EXIT_USAGE, exit_code_and_line
@@ -34,19 +35,11 @@ HISTORY = [{"epoch": 1, "train/loss": 0.6, "train/accuracy": 0.6, "val/loss": 0.
 @contextlib.contextmanager
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs holding an empty ``run/`` folder, filled to its last byte by a file."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a small file system here: {made.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path) as mount:
         (mount / "run").mkdir()
         subprocess.run(["dd", "if=/dev/zero", f"of={mount}/filler", "bs=64k", "count=1000"],
                        capture_output=True, check=False)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def tiny_model(model_dir: Path) -> tuple[Config, keras.layers.TextVectorization, keras.Model]:

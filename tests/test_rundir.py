@@ -6,7 +6,6 @@ trainer has printed (a progress line, a stage's first line), never by a clock.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -16,12 +15,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, aclimdb_files, review_text, trainer_env, write_tree
+from tests.conftest import REPO, aclimdb_files, review_text, small_disk, trainer_env, write_tree
 from trainer.preemption import PAUSE_ENV, PAUSE_SIGNALS_ENV
 
 pytestmark = pytest.mark.slow
@@ -409,19 +407,6 @@ def test_a_gs_folder_without_network(medium_aclimdb):
     assert_one_line(trainer, 2, "gs://no-such-bucket-for-imdb-tests/run")
     assert "data:" not in trainer.stderr
 
-
-@contextlib.contextmanager
-def small_disk(tmp_path: Path, megabytes: int) -> Iterator[Path]:
-    mount = tmp_path / f"disk-{megabytes}m"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
-                           str(mount)], capture_output=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a small file system here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_disk_without_room_for_a_run(medium_aclimdb, tmp_path):
