@@ -404,7 +404,8 @@ def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, 
     monkeypatch.setitem(sources.READERS, "aclimdb",
                         lambda config, limit: (train, test, imdb.CLASSES))
     config = Config(data_path=imdb_archive, max_train_examples=max_train,
-                    max_test_examples=max_test, validation_split=validation, seed=seed)
+                    max_test_examples=max_test, validation_split=validation, seed=seed,
+                    max_validation_examples=0)  # Before the cap: the whole share.
     splits = data.load(config)
     assert list(splits.train.reviews) == list(old_train.take(kept).reviews)
     assert list(splits.validation.reviews) == list(old_train.take(held).reviews)
@@ -418,3 +419,22 @@ def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, 
         assert list(other.train.reviews) != list(splits.train.reviews)
     if max_test:
         assert list(other.test.reviews) != list(splits.test.reviews)
+
+
+def test_validation_holds_out_its_share_up_to_the_cap_and_the_rest_trains(imdb_archive, imdb_cut,
+                                                                          monkeypatch):
+    from trainer import sources
+    train, test = imdb_cut
+    monkeypatch.setitem(sources.READERS, "aclimdb",
+                        lambda config, limit: (train, test, imdb.CLASSES))
+    capped = data.load(Config(data_path=imdb_archive))  # 10% of 25,000, at most 1,000.
+    assert len(capped.validation) == 1000 and len(capped.train) == 24_000
+    assert np.bincount(capped.validation.labels).tolist() == [500, 500]
+    # The same reviews as asking for that share outright (0.04 of 25,000).
+    share = data.load(Config(data_path=imdb_archive, validation_split=0.04))
+    assert list(share.validation.reviews) == list(capped.validation.reviews)
+    uncapped = data.load(Config(data_path=imdb_archive, max_validation_examples=0))
+    assert len(uncapped.validation) == 2500
+    # Below the cap the share is what it was: 10% of 4,000.
+    small = data.load(Config(data_path=imdb_archive, max_train_examples=4000))
+    assert len(small.validation) == 400

@@ -366,7 +366,7 @@ def test_progress_lines_show_elapsed_time_and_the_eta_of_the_run(tmp_path, caplo
         reporter.epoch_end(20, 1, {"train/loss": 0.6})  # t=130: 1.5 s a step, 20 left.
     reporter.close()
     lines = [record.getMessage() for record in caplog.records]
-    assert lines[-2].startswith("epoch 1/10 | step 10/20 | train/loss 0.7000")
+    assert lines[-2].startswith(f"epoch 1/{Config().epochs} | step 10/20 | train/loss 0.7000")
     assert lines[-2].endswith(" | elapsed 10s | eta 30s")
     assert lines[-1].endswith(" | elapsed 30s | eta 30s")
 

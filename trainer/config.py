@@ -114,7 +114,12 @@ class Config:
     validation_split: float = setting(
         "Data", 0.1,
         "Fraction of the training reviews held out for validation and early stopping "
-        "(the test reviews are never used for either).")
+        "(the test reviews are never used for either), at most --max_validation_examples.")
+    max_validation_examples: int = setting(
+        "Data", 1000,
+        "Hold out at most this many training examples for validation: a validation loss "
+        "needs a number of examples, not a share, and the rest train (0 = no cap).",
+        minimum=0, zero="no cap")
 
     vocab_size: int = setting(
         "Model", 10000,
@@ -158,7 +163,9 @@ class Config:
         "Training", 32,
         "GLOBAL batch size, split evenly across all replicas (the article: 64).", minimum=1)
     epochs: int = setting(
-        "Training", 10, "Maximum number of passes over the training reviews.", minimum=1)
+        "Training", 3,
+        "Maximum number of passes over the training reviews; the cosine schedule ends at "
+        "the last (small data may want more).", minimum=1)
     learning_rate: float = setting(
         "Training", 1e-3, "Adam learning rate; under --lr_schedule or --warmup_steps, the peak.")
     lr_schedule: str = setting(

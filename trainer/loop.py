@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from trainer import checkpoints, cluster, steps
 from trainer.config import Config
-from trainer.errors import TrainingDivergedError, UserError
+from trainer.errors import TrainingDivergedError
 from trainer.preemption import SIGNALS, TRAINING, Preemption
 from trainer.task import Tally, Task
 
@@ -196,20 +196,13 @@ class Checkpointer:
         """Saves the training state, unless the loss is mid-explosion.
 
         Raises:
-          UserError: the checkpoint could not be written (a full disk, lost
-            permissions); the last complete checkpoint is kept.
+          UserError: the checkpoint could not be written (DiskFullError for a
+            full disk; lost permissions); the last complete checkpoint is kept
+            (``checkpoints.save``).
         """
         if not health.healthy:
             return
-        try:
-            self.unverified.append(self.manager.save())
-        except (tf.errors.OpError, OSError) as error:
-            text = getattr(error, "message", None) or str(error)
-            raise UserError(
-                f"could not write a checkpoint to {self.manager.directory} "
-                f"({text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__})"
-                "; free some space or fix the folder, then run the same command to resume from "
-                "the last complete checkpoint.") from None
+        self.unverified.append(checkpoints.save(self.manager))
 
     def vouch(self) -> None:
         """A healthy loss was seen: every save so far holds weights that train."""

@@ -47,7 +47,8 @@ REMOTE_CHECK_SECONDS = 30  # How long to wait for a gs:// folder to answer befor
 STATE_SETTINGS = ("vocab_size", "max_len", "embedding_dim", "lstm_units", "padding",
                   "truncating", "mask_padding", "bucket_by_length", "bucket_window_batches",
                   "batch_size", "seed", "data_source", "max_train_examples", "validation_split",
-                  "text_column", "label_column", "test_split", "class_weight")
+                  "max_validation_examples", "text_column", "label_column", "test_split",
+                  "class_weight")
 # Settings that may change when a run is resumed: taken, logged, recorded.
 SAFE_SETTINGS = ("learning_rate", "lr_schedule", "warmup_steps", "epochs",
                  "early_stopping_patience", "clip_norm", "ema_momentum", "embedding_lr_scale",
@@ -362,6 +363,8 @@ class Manifest:
         recorded = self.value.get("state", {})
         if "padding" in recorded:  # A run from before --truncating cut on its padding side.
             recorded = {"truncating": recorded["padding"], **recorded}
+        if "validation_split" in recorded:  # ... and before the cap, held out the whole share.
+            recorded = {"max_validation_examples": 0, **recorded}
         flags = {field.name for field in dataclasses.fields(Config)}
         return [f"{'--' if name in flags else ''}{name}: {recorded[name]!r} -> {value!r}"
                 for name, value in state.items() if name in recorded and recorded[name] != value]

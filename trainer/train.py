@@ -103,7 +103,9 @@ def _run(config: Config, start: float, clock: phases.Phases) -> dict[str, Any]:
     splits, vectorizer, datasets, test_batches = _read_data(config, clock)
     classes = Task(splits.class_names)
     SIGNALS.pause_point("data read")
-    state = {**early_state, **_fingerprints(splits, vectorizer)}
+    # The class names too: renamed classes keep the label ids the fingerprint hashes.
+    state = {**early_state, **_fingerprints(splits, vectorizer),
+             "class_names": list(splits.class_names)}
     start_over = _starts_over(config, manifest, finished is not None, state)
     if chief and start_over:
         _remove_old_run(config)
