@@ -306,7 +306,7 @@ def contender_config(name: str, seed: int, **changes: object) -> Config | None:
       seed: initialization and shuffling.
       **changes: Config fields applied to every harness contender.
     """
-    if name == "article_code" or name in TORCH:
+    if name == "article_code" or name.partition(":")[0] in TORCH:
         return None
     base, _, spec = name.partition(":")
     if base not in NAMES[1:]:
@@ -322,7 +322,7 @@ def startable(names: list[str], splits: data.Splits, seed: int,
     """An ``Isolated`` per name, skipping (with a message) PyTorch's contenders without it."""
     racers = []
     for name in names:
-        if name in TORCH and (why := torch_contender.available()):
+        if name.partition(":")[0] in TORCH and (why := torch_contender.available()):
             log(why)
             continue
         racers.append(Isolated(name, splits, seed, **changes))
@@ -394,8 +394,12 @@ def _serve(conn: Connection, name: str, splits: data.Splits, seed: int,
         distribute.set_intra_op_threads(distribute.intra_op_threads(
             config, num_gpus=len(tf.config.list_physical_devices("GPU"))))
     reviews = vectorize(splits)
-    if name in TORCH:
-        racer = torch_contender.TorchLSTM(reviews, seed, packed=name == torch_contender.NAME)
+    base, _, spec = name.partition(":")
+    if base in TORCH:  # torch_lstm_padded, or torch_lstm_padded:batch_size=32.
+        batch = dict(item.split("=", 1) for item in spec.split("+") if item)
+        racer = torch_contender.TorchLSTM(
+            reviews, seed, packed=base == torch_contender.NAME,
+            batch_size=int(batch.get("batch_size", torch_contender.BATCH)))
     else:
         racer = ArticleCode(reviews, seed) if config is None else Harness(name, reviews, config)
     while (message := conn.recv()) != "stop":

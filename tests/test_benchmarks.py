@@ -90,3 +90,28 @@ def test_wall_clock_runs_the_main_job_as_a_user_and_reports_its_phases(tmp_path,
     assert set(summary["mean_phases_sec"]) >= {"startup", "reading", "training_steps",
                                                "between_steps", "test_evaluation", "total"}
     assert '"mean_process_seconds"' in capsys.readouterr().out  # The JSON goes to stdout.
+
+
+def test_a_torch_contender_races_at_another_batch_by_name(tiny_reviews):
+    # torch_lstm_padded:batch_size=32 races PyTorch at the harness defaults' batch.
+    assert contenders.contender_config("torch_lstm_padded:batch_size=32", seed=1) is None
+    if why := torch_contender.available():
+        pytest.skip(why)
+    racer = torch_contender.TorchLSTM(tiny_reviews, seed=1, packed=False, batch_size=32)
+    assert racer.settings()["batch_size"] == 32
+    epoch, finished = racer.train_steps(4)  # 128 reviews: four batches of 32.
+    assert finished and epoch.examples == 128
+
+
+@pytest.mark.slow
+def test_autotune_compares_the_pipeline_with_and_without_autotuning(tmp_path, capsys):
+    from benchmarks import autotune
+
+    root = write_tree(tmp_path, aclimdb_files(per_class=64))
+    result = autotune.main([f"--data_path={root}", "--rounds=1", "--epochs=2",
+                            "--train_reviews=128"])
+    assert result["epochs"] == {"on": 2, "off": 2}
+    for side in ("on", "off"):
+        assert len(result["examples_per_sec"][side]) == 1  # One process per side a round.
+        assert all(rate > 0 for rate in result["examples_per_sec"][side][0])
+    assert '"epochs_below_700"' in capsys.readouterr().out
