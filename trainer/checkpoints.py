@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import tensorflow as tf
 from absl import logging
 
 from trainer.config import Config
-from trainer.errors import DiskFullError, UserError, is_disk_full
+from trainer.errors import OP_PREFIX, DiskFullError, UserError, free_space, is_disk_full
 
 PREFIX = "ckpt"
 UNREADABLE_DIR = "unreadable"
@@ -70,8 +69,9 @@ def save(manager: tf.train.CheckpointManager, checkpoint_number: int | None = No
         _remove_temporaries(directory)
         resume = "then run the same command to resume from the last complete checkpoint."
         if is_disk_full(error):
+            free = free_space(directory)
             raise DiskFullError(f"could not write a checkpoint to {directory}: no space left on "
-                                f"its disk{_free(directory)}; free some space, {resume}") from None
+                                f"its disk{free}; free some space, {resume}") from None
         raise UserError(f"could not write a checkpoint to {directory} ({_first_line(error)}); fix "
                         f"the folder, {resume}") from None
 
@@ -87,13 +87,6 @@ def _remove_temporaries(directory: str) -> None:
                     tf.io.gfile.remove(path)
         except (tf.errors.OpError, OSError):
             pass  # Best effort: the one-line error that follows matters more.
-
-
-def _free(directory: str) -> str:
-    try:
-        return f" ({shutil.disk_usage(directory).free >> 20} MB free)"
-    except OSError:
-        return ""  # gs://, or the folder is gone.
 
 
 def listed(directory: str, *, repair: bool) -> list[str]:
@@ -200,6 +193,6 @@ def _absolute(path: str, directory: str) -> str:
 
 def _first_line(error: Exception) -> str:
     text = getattr(error, "message", None) or str(error)
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.strip())  # TensorFlow's "{{function_node ...}}".
+    text = OP_PREFIX.sub("", text.strip())
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[0] if lines else type(error).__name__)[:200]

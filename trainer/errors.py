@@ -80,7 +80,7 @@ class PreemptedError(Stopped):
 # How a full disk reads in OSError and in TensorFlow's errors ("<path>; No space left on device").
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = tuple(os.strerror(code) for code in _FULL)
-_OP_PREFIX = re.compile(r"^\{\{[^}]*\}\}\s*")  # TensorFlow's "{{function_node ...}} ".
+OP_PREFIX = re.compile(r"^\{\{[^}]*\}\}\s*")  # TensorFlow's "{{function_node ...}} ".
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -114,7 +114,7 @@ def full_disk_folder(error: BaseException, default: str = "") -> str:
     for e in _chain(error):
         path = getattr(e, "filename", None) if isinstance(e, OSError) else None
         if not path:
-            text = _OP_PREFIX.sub("", str(getattr(e, "message", None) or e).strip())
+            text = OP_PREFIX.sub("", str(getattr(e, "message", None) or e).strip())
             path = text.split(";")[0].strip() if "/" in text.split(";")[0] else None
         if path:
             parts = str(path).split("/")[:-1]  # The file's folder...
@@ -126,15 +126,19 @@ def full_disk_folder(error: BaseException, default: str = "") -> str:
     return default
 
 
+def free_space(folder: str) -> str:
+    """`` (12 MB free)`` on ``folder``'s disk; "" where that is unknown (gs://, a lost folder)."""
+    try:
+        return f" ({shutil.disk_usage(folder).free >> 20} MB free)"
+    except OSError:
+        return ""
+
+
 def disk_full_message(folder: str) -> str:
     """The one line for a write that found ``folder``'s disk full (after ``error: ``)."""
-    try:
-        free = f" ({shutil.disk_usage(folder).free >> 20} MB free)"
-    except OSError:
-        free = ""
-    return (f"no space left on the disk of {folder}{free}; free some space (or move the run "
-            "to a bigger disk), then run the same command to resume from the last complete "
-            "checkpoint.")
+    return (f"no space left on the disk of {folder}{free_space(folder)}; free some space (or "
+            "move the run to a bigger disk), then run the same command to resume from the last "
+            "complete checkpoint.")
 
 
 def exit_code_and_line(error: BaseException, model_dir: str = "") -> tuple[int, str] | None:
