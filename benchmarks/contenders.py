@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import torch_contender
-from trainer import data, distribute, loop, model, train
+from trainer import data, distribute, loop, model, sources, train
 from trainer.config import PRESETS, Config
 
 # Training FLOPs of one LSTM timestep of one example: the forward pass is two matmuls,
@@ -80,7 +80,7 @@ def load_splits(data_path: str, train_reviews: int, test_reviews: int, seed: int
     Returns:
       All the training reviews (no validation split: the article has none).
     """
-    return data.load(Config(data_path=data_path, max_train_examples=train_reviews,
+    return sources.load(Config(data_path=data_path, max_train_examples=train_reviews,
                             max_test_examples=test_reviews, validation_split=0.0,
                             early_stopping_patience=0, seed=seed))
 

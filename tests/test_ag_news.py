@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, shared_file, trainer_env
-from trainer import data
+from trainer import sources
 from trainer.config import Config
 
 _SHARED_CSV = REPO.parent / "shared" / "data" / "ag_news" / "ag_news_test.csv"
@@ -32,7 +32,7 @@ def ag_news_csv() -> Path:
 def test_csv_reader_loads_every_row_with_four_classes(ag_news_csv):
     config = Config(data_path=str(ag_news_csv), text_column="title,description",
                     label_column="label", validation_split=0.0, early_stopping_patience=0)
-    splits = data.load(config)
+    splits = sources.load(config)
     assert splits.source == "csv"
     assert splits.class_names == ("1", "2", "3", "4")
     assert len(splits.train) + len(splits.test) == 7600
@@ -46,8 +46,8 @@ def test_csv_reader_loads_every_row_with_four_classes(ag_news_csv):
 
 
 def test_index_columns_find_the_header_and_read_the_same_rows(ag_news_csv):
-    by_name = data.load(Config(data_path=str(ag_news_csv), text_column="title,description"))
-    by_index = data.load(Config(data_path=str(ag_news_csv), text_column="1,2",
+    by_name = sources.load(Config(data_path=str(ag_news_csv), text_column="title,description"))
+    by_index = sources.load(Config(data_path=str(ag_news_csv), text_column="1,2",
                                 label_column="0"))
     assert list(by_index.test.reviews) == list(by_name.test.reviews)
     assert by_index.class_names == by_name.class_names

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, aclimdb_files, trainer_env, write_archive, write_tree
-from trainer import data, imdb
+from trainer import data, imdb, sources
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -37,16 +37,16 @@ def test_parent_folder_of_aclimdb_is_accepted(tiny_aclimdb):
 def test_load_subsets_are_balanced_reproducible_and_validation_comes_from_train(tiny_archive):
     config = Config(data_path=str(tiny_archive), max_train_examples=20, max_test_examples=10,
                     validation_split=0.2, seed=3)
-    splits = data.load(config)
+    splits = sources.load(config)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (16, 4, 10)
     assert np.bincount(splits.test.labels).tolist() == [5, 5]
     assert np.bincount(splits.validation.labels).tolist() == [2, 2]
     test_reviews = set(splits.test.reviews)
     assert not test_reviews & set(splits.validation.reviews)
     assert not set(splits.train.reviews) & set(splits.validation.reviews)
-    again = data.load(config)
+    again = sources.load(config)
     assert list(again.train.reviews) == list(splits.train.reviews)
-    other_seed = data.load(dataclasses.replace(config, seed=4))
+    other_seed = sources.load(dataclasses.replace(config, seed=4))
     assert list(other_seed.train.reviews) != list(splits.train.reviews)
 
 
@@ -255,7 +255,7 @@ def test_keras_npz_source_uses_the_articles_encoding(tmp_path):
         ragged[i] = ids
     np.savez(path, x_train=ragged, y_train=np.array([1, 0, 1, 0]),
              x_test=ragged, y_test=np.array([0, 1, 0, 1]))
-    splits = data.load(Config(data_source="keras_npz", data_path=str(path),
+    splits = sources.load(Config(data_source="keras_npz", data_path=str(path),
                               validation_split=0.0, early_stopping_patience=0))
     assert splits.pretokenized
     encoded = data.encode(splits.train, None, Config(max_len=4, padding="post"))
@@ -311,7 +311,7 @@ def _damage_middle(path):
 def test_broken_keras_npz_is_one_line_naming_the_file(tmp_path, make_path, expected):
     path = make_path(tmp_path)
     with pytest.raises(UserError, match=expected) as error:
-        data.load(Config(data_source="keras_npz", data_path=str(path)))
+        sources.load(Config(data_source="keras_npz", data_path=str(path)))
     assert str(error.value).startswith(f"--data_path={path}")
     assert "\n" not in str(error.value)
 
@@ -327,7 +327,7 @@ def test_tfds_source_reads_imdb_reviews():
     import tensorflow_datasets as tfds  # A dependency (setup.py): never skipped.
 
     with tfds.testing.mock_data(num_examples=8):
-        splits = data.load(Config(data_source="tfds", validation_split=0.25))
+        splits = sources.load(Config(data_source="tfds", validation_split=0.25))
     assert len(splits.train) + len(splits.validation) == 8
     assert len(splits.test) == 8
     assert isinstance(splits.train.reviews[0], str)
@@ -406,14 +406,14 @@ def test_imdb_subsets_and_splits_are_the_same_as_before_k_classes(imdb_archive, 
     config = Config(data_path=imdb_archive, max_train_examples=max_train,
                     max_test_examples=max_test, validation_split=validation, seed=seed,
                     max_validation_examples=0)  # Before the cap: the whole share.
-    splits = data.load(config)
+    splits = sources.load(config)
     assert list(splits.train.reviews) == list(old_train.take(kept).reviews)
     assert list(splits.validation.reviews) == list(old_train.take(held).reviews)
     assert list(splits.test.reviews) == list(old_test.reviews)
     assert splits.class_names == ("negative", "positive")
     # The comparison can fail: another seed draws other reviews, which the reference's
     # draws would not match.
-    other = data.load(config.replace(seed=seed + 1))
+    other = sources.load(config.replace(seed=seed + 1))
     assert list(other.validation.reviews) != list(splits.validation.reviews)
     if max_train:
         assert list(other.train.reviews) != list(splits.train.reviews)
@@ -427,14 +427,14 @@ def test_validation_holds_out_its_share_up_to_the_cap_and_the_rest_trains(imdb_a
     train, test = imdb_cut
     monkeypatch.setitem(sources.READERS, "aclimdb",
                         lambda config, limit: (train, test, imdb.CLASSES))
-    capped = data.load(Config(data_path=imdb_archive))  # 10% of 25,000, at most 1,000.
+    capped = sources.load(Config(data_path=imdb_archive))  # 10% of 25,000, at most 1,000.
     assert len(capped.validation) == 1000 and len(capped.train) == 24_000
     assert np.bincount(capped.validation.labels).tolist() == [500, 500]
     # The same reviews as asking for that share outright (0.04 of 25,000).
-    share = data.load(Config(data_path=imdb_archive, validation_split=0.04))
+    share = sources.load(Config(data_path=imdb_archive, validation_split=0.04))
     assert list(share.validation.reviews) == list(capped.validation.reviews)
-    uncapped = data.load(Config(data_path=imdb_archive, max_validation_examples=0))
+    uncapped = sources.load(Config(data_path=imdb_archive, max_validation_examples=0))
     assert len(uncapped.validation) == 2500
     # Below the cap the share is what it was: 10% of 4,000.
-    small = data.load(Config(data_path=imdb_archive, max_train_examples=4000))
+    small = sources.load(Config(data_path=imdb_archive, max_train_examples=4000))
     assert len(small.validation) == 400

@@ -17,7 +17,7 @@ EXTRA_PEAK_LIMIT_MB = 200
 # memory after each (VmHWM only grows): the second tree's cost is the difference.
 _CHILD = """
 import json, sys
-from trainer import data
+from trainer import data, sources
 from trainer.config import Config
 
 def peak_mb():
@@ -28,7 +28,7 @@ def peak_mb():
 out = []
 for path in sys.argv[2:]:
     config = Config(data_path=path, max_len=64, padding=sys.argv[1])
-    splits = data.load(config)
+    splits = sources.load(config)
     vectorizer = data.make_vectorizer(splits.train, config)
     encoded = [data.encode(split, vectorizer, config)
                for split in (splits.train, splits.validation, splits.test)]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, aclimdb_files, trainer_env, write_tree
-from trainer import data, imdb
+from trainer import data, imdb, sources
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -49,7 +49,7 @@ def _table(rows: list[tuple[str, str]], header: str = "text,label", sep: str = "
 def _load(path: Path, **settings) -> data.Splits:
     settings.setdefault("validation_split", 0.0)
     settings.setdefault("early_stopping_patience", 0)
-    return data.load(Config(data_path=str(path), **settings))
+    return sources.load(Config(data_path=str(path), **settings))
 
 
 def _error(path: Path, **settings) -> str:

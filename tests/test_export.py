@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from trainer import data, export, model
+from trainer import data, export, model, sources
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.lstm import LeanLSTM
@@ -261,7 +261,7 @@ def test_unreadable_model_dirs_are_named_in_the_error(tmp_path):
 @pytest.mark.slow
 def test_export_reloaded_in_a_fresh_process_reproduces_the_test_accuracy(small_run, tmp_path):
     metrics = json.loads((small_run / "metrics.json").read_text())
-    test = data.load(Config(**metrics["flags"])).test  # The run's own test reviews.
+    test = sources.load(Config(**metrics["flags"])).test  # The run's own test reviews.
     reviews_file = tmp_path / "test.json"
     reviews_file.write_text(json.dumps({"reviews": list(test.reviews),
                                         "labels": test.labels.tolist()}))

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, aclimdb_files, trainer_env, write_archive, write_tree
 from trainer import config as config_lib
-from trainer import data, sources, tables
+from trainer import data, sources, splits, tables
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -42,7 +42,7 @@ def _csv(rows: list[tuple[str, str]], header: str | None = "label,text") -> str:
 def _load(path: Path, **settings) -> data.Splits:
     settings.setdefault("validation_split", 0.0)
     settings.setdefault("early_stopping_patience", 0)
-    return data.load(Config(data_path=str(path), **settings))
+    return sources.load(Config(data_path=str(path), **settings))
 
 
 def _reads(path: Path, **settings) -> tuple[data.Split, data.Split | None, tuple[str, ...]]:
@@ -75,20 +75,20 @@ def test_an_unknown_source_is_refused_by_name():
     ("aclImdb_v1.tar.gz", "aclimdb"), ("a.zip", "aclimdb"),
 ])
 def test_auto_picks_the_source_by_the_files_name(tmp_path, name, expected):
-    assert Config(data_path=str(tmp_path / name)).data_source_resolved == expected
+    assert sources.resolve(Config(data_path=str(tmp_path / name))) == expected
 
 
 def test_auto_picks_aclimdb_or_class_folders_by_what_a_folder_holds(tmp_path):
     acl = write_tree(tmp_path / "acl", aclimdb_files(2))
-    assert Config(data_path=str(acl)).data_source_resolved == "aclimdb"
-    assert Config(data_path=str(acl.parent)).data_source_resolved == "aclimdb"
+    assert sources.resolve(Config(data_path=str(acl))) == "aclimdb"
+    assert sources.resolve(Config(data_path=str(acl.parent))) == "aclimdb"
     flat = _class_folders(tmp_path / "flat")
-    assert Config(data_path=str(flat)).data_source_resolved == "folders"
+    assert sources.resolve(Config(data_path=str(flat))) == "folders"
     # train/ with a third class is not aclImdb, whose reader would drop that class.
     files = {**aclimdb_files(2), "aclImdb/train/neutral/0.txt": b"so so"}
-    assert Config(data_path=str(write_tree(tmp_path / "three", files))).data_source_resolved \
+    assert sources.resolve(Config(data_path=str(write_tree(tmp_path / "three", files)))) \
         == "folders"
-    assert Config().data_source_resolved == "tfds"
+    assert sources.resolve(Config()) == "tfds"
 
 
 @pytest.mark.parametrize("name, expected", [("missing", "does not exist"),
@@ -97,7 +97,7 @@ def test_auto_refuses_a_path_it_cannot_place(tmp_path, name, expected):
     if name.endswith(".parquet"):
         _write(tmp_path / name, "x")
     with pytest.raises(UserError, match=f"--data_path=.*{name} {expected}; .*--data_source"):
-        Config(data_path=str(tmp_path / name)).data_source_resolved  # noqa: B018
+        sources.resolve(Config(data_path=str(tmp_path / name)))
 
 
 # --- csv ----------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_class_folders_with_train_and_test_keep_their_test_split(tmp_path):
 
 
 def test_imdb_sources_keep_their_class_names(tiny_archive):
-    splits = data.load(Config(data_path=str(tiny_archive)))
+    splits = sources.load(Config(data_path=str(tiny_archive)))
     assert splits.class_names == ("negative", "positive") and splits.num_classes == 2
 
 
@@ -256,10 +256,10 @@ def test_test_data_path_is_refused_for_a_source_with_its_own_test_split(tiny_arc
 
 def test_subsets_are_stratified_over_k_classes():
     labels = np.repeat([0, 1, 2], [60, 30, 10])
-    chosen = data.balanced_subset(labels, 20, np.random.default_rng(0))
+    chosen = splits.balanced_subset(labels, 20, np.random.default_rng(0))
     assert np.bincount(labels[chosen]).tolist() == [12, 6, 2]
-    assert data.stratified_counts(np.array([5, 5]), 3).tolist() == [2, 1]
-    assert data.stratified_counts(np.array([6, 3, 1]), 5).tolist() == [3, 2, 0]
+    assert splits.stratified_counts(np.array([5, 5]), 3).tolist() == [2, 1]
+    assert splits.stratified_counts(np.array([6, 3, 1]), 5).tolist() == [3, 2, 0]
 
 
 def test_balanced_class_weights_make_each_class_weigh_the_same(tmp_path):

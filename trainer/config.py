@@ -120,6 +120,23 @@ class Config:
         "Hold out at most this many training examples for validation: a validation loss "
         "needs a number of examples, not a share, and the rest train (0 = no cap).",
         minimum=0, zero="no cap")
+    stream: str = setting(
+        "Data", "auto",
+        "Stream csv/tsv/jsonl rows through tf.data instead of holding them in memory "
+        "(docs/data.md#data-of-any-size). auto: when --data_path is a glob or a folder of "
+        "shards; on: also for one file; off: never.", choices=("auto", "on", "off"))
+    classes: str = setting(
+        "Data", "",
+        "Streamed data: the class names in id order, comma-separated (default: the labels "
+        "of the --stream_sample_rows sample, sorted).")
+    stream_sample_rows: int = setting(
+        "Data", 100_000,
+        "Streamed data: rows read before training for the class names, the vocabulary and "
+        "the split sizes.", minimum=1)
+    vocab_file: str = setting(
+        "Data", "",
+        "Streamed data: a vocab.txt (one token a line, as a run writes it) to use instead of "
+        "counting the sample's words.")
 
     vocab_size: int = setting(
         "Model", 10000,
@@ -166,6 +183,11 @@ class Config:
         "Training", 3,
         "Maximum number of passes over the training reviews; the cosine schedule ends at "
         "the last (small data may want more).", minimum=1)
+    max_steps: int = setting(
+        "Training", 0,
+        "Stop after this many training steps in all (the schedule ends there); what a job "
+        "on data too large for whole epochs uses (0 = --epochs decide).", minimum=0,
+        zero="--epochs decide")
     learning_rate: float = setting(
         "Training", 1e-3, "Adam learning rate; under --lr_schedule or --warmup_steps, the peak.")
     lr_schedule: str = setting(
@@ -304,16 +326,6 @@ class Config:
         prediction the same whatever its batch is padded to.
         """
         return self.mask_padding or self.bucket_by_length
-
-    @property
-    def data_source_resolved(self) -> str:
-        """The data source ``auto`` stands for, judged by what --data_path is.
-
-        See ``trainer.sources.resolve``; imported here, since sources imports Config.
-        """
-        from trainer import sources
-
-        return sources.resolve(self)
 
 
 # Named sets of values, each switched on by its flag (--smoke_test, --article_settings).

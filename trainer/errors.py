@@ -141,6 +141,19 @@ def disk_full_message(folder: str) -> str:
             "complete checkpoint.")
 
 
+_DEFERRED: list[UserError] = []
+
+
+def defer(error: UserError) -> None:
+    """Keeps ``error`` for the exit line: raised inside tf.data, it reaches the run as an OpError.
+
+    A streamed row (``trainer.stream``) is read on one of tf.data's threads, where
+    a Python exception becomes a TensorFlow error with a traceback in its text.
+    """
+    if not _DEFERRED:
+        _DEFERRED.append(error)
+
+
 def exit_code_and_line(error: BaseException, model_dir: str = "") -> tuple[int, str] | None:
     """The exit code and last line for one of this module's exceptions; None for others.
 
@@ -153,6 +166,8 @@ def exit_code_and_line(error: BaseException, model_dir: str = "") -> tuple[int, 
         return EXIT_USAGE, f"error: {disk_full_message(full_disk_folder(error, model_dir))}"
     if isinstance(error, UserError):
         return EXIT_USAGE, f"error: {error}"
+    if _DEFERRED and type(error).__module__.startswith("tensorflow"):
+        return EXIT_USAGE, f"error: {_DEFERRED[0]}"
     if isinstance(error, TrainingDivergedError):
         return EXIT_DIVERGED, f"error: {error}"
     if isinstance(error, ClusterError):

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import data, model, rundir
+from trainer import data, model, rundir, sources
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.task import BINARY_CLASS_NAMES, POSITIVE_KEY, PROBABILITIES_KEY, Task
@@ -74,7 +74,7 @@ def save(config: Config, net: keras.Model, vectorizer: keras.layers.TextVectoriz
     if vectorizer is None:
         logging.warning("no raw-text export: --data_source=%s gives token ids, not text, so "
                         "there is no vocabulary to serve reviews with; %s is skipped.",
-                        config.data_source_resolved, export_root)
+                        sources.resolve(config), export_root)
         return None
     task = task or Task()
     path = f"{export_root}/{next_version(export_root)}"

@@ -32,6 +32,10 @@ from trainer.errors import TrainingDivergedError
 from trainer.preemption import SIGNALS, TRAINING, Preemption
 from trainer.task import Tally, Task
 
+# What the loop reads: a dataset of global batches, or (streamed shards) a function giving
+# each worker its own dataset of per-replica batches (``distribute``).
+Batches = tf.data.Dataset | Callable[[tf.distribute.InputContext], tf.data.Dataset]
+
 # Divergence, judged on each training call's mean loss against chance's (where training
 # starts; ln K for K classes): EXPLODED_FACTOR times above it in EXPLODED_CALLS of the
 # last EXPLODED_WINDOW calls (far past any dip a run recovers from), or FAR_ABOVE times
@@ -126,9 +130,9 @@ class Datasets:
         and the best weights.
     """
 
-    train: Callable[[int], tf.data.Dataset]
+    train: Callable[[int], Batches]
     train_examples: int
-    evaluation: Mapping[str, tf.data.Dataset]
+    evaluation: Mapping[str, Batches]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +141,8 @@ class Plan:
 
     Attributes:
       steps_per_epoch: whole global batches in an epoch.
-      total_steps: over all ``--epochs`` (early stopping may end sooner).
+      total_steps: over all ``--epochs``, at most ``--max_steps`` (early stopping may
+        end sooner).
       steps_per_call: training steps per compiled call (``steps.steps_per_call``).
     """
 
@@ -153,7 +158,10 @@ def make_plan(config: Config, train_examples: int, num_replicas: int,
     The optimizer's schedule is built from it before the ``Loop`` exists.
     """
     per_epoch = train_examples // (global_batch_size or config.batch_size)
-    return Plan(steps_per_epoch=per_epoch, total_steps=per_epoch * config.epochs,
+    total = per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps) if total else config.max_steps
+    return Plan(steps_per_epoch=per_epoch, total_steps=total,
                 steps_per_call=steps.steps_per_call(config, num_replicas))
 
 
@@ -311,14 +319,14 @@ class Loop:
         """
         return self.steps.averaged_weights()
 
-    def tally(self, batches: tf.data.Dataset) -> Tally:
+    def tally(self, batches: Batches) -> Tally:
         """The exact sums (loss, count, confusion matrix) over every example of ``batches``."""
         tally = Tally(self.task.num_classes)
-        for batch in self.strategy.experimental_distribute_dataset(batches):
+        for batch in distribute(self.strategy, batches):
             tally.add(self.steps.evaluate(batch))
         return tally
 
-    def evaluate(self, batches: tf.data.Dataset, prefix: str) -> dict[str, float]:
+    def evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
         """``<prefix>/loss``, ``/accuracy`` and ``/macro_f1`` over every example of ``batches``."""
         return self.tally(batches).metrics(prefix)
 
@@ -399,7 +407,8 @@ class _Run:
 
     def fit(self) -> FitResult:
         loop = self.loop
-        while int(loop.epoch) < loop.config.epochs and not loop.should_stop():
+        while (int(loop.epoch) < loop.config.epochs and not loop.should_stop()
+               and not self._steps_done()):
             self._epoch(int(loop.epoch) + 1)
         stopped_early = loop.should_stop()
         if stopped_early and int(loop.epoch) < loop.config.epochs:
@@ -413,6 +422,10 @@ class _Run:
             best_epoch=int(loop.best_epoch), stopped_early=stopped_early,
             history=json.loads(loop.history.numpy().decode()),
             train_seconds=self.train_seconds, epoch_end_seconds=self.epoch_end_seconds)
+
+    def _steps_done(self) -> bool:
+        """Whether --max_steps steps are done."""
+        return bool(self.loop.config.max_steps) and self.loop.step >= self.loop.config.max_steps
 
     def _epoch(self, epoch: int) -> None:
         """Trains the rest of ``epoch``, evaluates, records it in history, saves, reports."""
@@ -456,15 +469,19 @@ class _Run:
         loop, config = self.loop, self.loop.config
         skip = int(loop.epoch_step)
         totals = Totals(*loop.epoch_totals.numpy()) if skip else Totals()
-        batches = self.datasets.train(epoch).skip(skip)
-        iterator = iter(loop.strategy.experimental_distribute_dataset(batches))
+        iterator = iter(distribute(loop.strategy, self.datasets.train(epoch), skip))
         epoch_start = time.perf_counter()
         epoch_step = skip
         while True:
             call_start_step = loop.step
+            calls = self.plan.steps_per_call
+            if config.max_steps:
+                calls = min(calls, config.max_steps - loop.step)
+            if calls <= 0:
+                break
             with self.reporter.train_call(call_start_step) as one_step:
                 sums = (loop.train_step(iterator) if one_step
-                        else loop.train_steps(iterator, self.plan.steps_per_call))
+                        else loop.train_steps(iterator, calls))
             if not int(sums.steps):
                 break
             self._check_health(float(sums.loss_sum) / float(sums.count), epoch)
@@ -500,6 +517,24 @@ class _Run:
         raise TrainingDivergedError(
             f"{diverged} at step {self.loop.step} (epoch {epoch}); the last good checkpoint in "
             f"{self.loop.config.checkpoint_dir} is kept ({kept}). Try a lower --learning_rate.")
+
+
+def distribute(strategy: tf.distribute.Strategy, batches: Batches, skip: int = 0) -> Any:
+    """``batches`` over the strategy's replicas, the first ``skip`` global batches left out.
+
+    A dataset is split by ``experimental_distribute_dataset``; a per-worker
+    function (streamed shards, ``trainer.stream``) gives each worker its own
+    dataset of per-replica batches, of which each global step takes one per
+    local replica.
+    """
+    if isinstance(batches, tf.data.Dataset):
+        return strategy.experimental_distribute_dataset(batches.skip(skip))
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        return batches(context).skip(skip * local)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

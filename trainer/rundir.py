@@ -34,6 +34,7 @@ from typing import Any
 
 from absl import logging
 
+from trainer import sources
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -48,7 +49,7 @@ STATE_SETTINGS = ("vocab_size", "max_len", "embedding_dim", "lstm_units", "paddi
                   "truncating", "mask_padding", "bucket_by_length", "bucket_window_batches",
                   "batch_size", "seed", "data_source", "max_train_examples", "validation_split",
                   "max_validation_examples", "text_column", "label_column", "test_split",
-                  "class_weight")
+                  "class_weight", "stream", "classes", "stream_sample_rows")
 # Settings that may change when a run is resumed: taken, logged, recorded.
 SAFE_SETTINGS = ("learning_rate", "lr_schedule", "warmup_steps", "epochs",
                  "early_stopping_patience", "clip_norm", "ema_momentum", "embedding_lr_scale",
@@ -56,7 +57,7 @@ SAFE_SETTINGS = ("learning_rate", "lr_schedule", "warmup_steps", "epochs",
                  "checkpoint_every_steps", "keep_checkpoints", "steps_per_loop",
                  "profile_steps", "max_test_examples", "lean_lstm", "intra_op_threads",
                  "cluster_timeout_secs", "strategy", "num_gpus", "cpu_replicas", "data_path",
-                 "tfds_data_dir")
+                 "tfds_data_dir", "max_steps", "vocab_file")
 
 
 def is_local(path: str) -> bool:
@@ -321,7 +322,7 @@ def state_settings(config: Config, **measured: Any) -> dict[str, Any]:
     data and vocabulary fingerprints, whether the weights' average is kept).
     """
     values = {name: getattr(config, name) for name in STATE_SETTINGS}
-    values["data_source"] = config.data_source_resolved
+    values["data_source"] = sources.resolve(config)
     values["ema"] = bool(config.ema_momentum)  # Its variables are in the checkpoint or not.
     return {**values, **measured}
 

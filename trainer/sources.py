@@ -2,8 +2,9 @@
 
 Every reader takes the run's Config and a ``data.TextLimit`` and returns
 ``(train, test or None, class_names)``: Splits of texts (or token ids) and class
-ids, and the names of the classes in id order. ``data.load`` calls ``read``;
-it owns subsets, splits and everything after. The readers are short: the IMDB
+ids, and the names of the classes in id order. ``load`` calls ``read``, then
+``splits.split`` for subsets and splits. Streamed shards (``--stream``) are
+``trainer.stream``'s; ``resolve`` names their format. The readers are short: the IMDB
 sources' work is in ``trainer.imdb`` (classes 0 negative, 1 positive), that of
 tables and class folders in ``trainer.tables`` (columns, headers, class order).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 
-from trainer import data, imdb, tables
+from trainer import data, imdb, splits, stream, tables
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -55,6 +56,9 @@ def resolve(config: Config) -> str:
         return "keras_npz"
     if name.endswith(_ARCHIVE_SUFFIXES):
         return "aclimdb"
+    if tables.has_glob(path) or (tables.isdir(path) and not _is_aclimdb(path)
+                                 and stream.wanted(config)):
+        return stream.shard_paths(path, "--data_path")[1]  # Shards of one table format.
     if tables.isdir(path):
         return "aclimdb" if _is_aclimdb(path) else "folders"
     what = "does not exist" if not tables.exists(path) else "is a file of no known kind"
@@ -164,3 +168,19 @@ def read(config: Config, limit: data.TextLimit) -> tuple[str, data.Split, data.S
                         f"{', '.join(_TEST_PATH_SOURCES)}; {source} has its own test split.")
     train, test, class_names = reader(config, limit)
     return source, train, test, class_names
+
+
+def load(config: Config) -> data.Splits:
+    """Reads the configured source, then subsets and splits it reproducibly (``splits.split``).
+
+    Returns:
+      Train, validation and test splits. A source without a test split (and no
+      --test_data_path) gives up a seeded, class-stratified ``test_split`` of
+      its data as the test set; validation comes out of the rest.
+
+    Raises:
+      UserError: the source is unknown, missing, unreadable or malformed; a
+        split has no rows of some class; or the test texts are mostly training texts.
+    """
+    source, train, test, class_names = read(config, data.text_limit(config))
+    return splits.split(config, source, train, test, class_names)

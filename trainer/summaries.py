@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from tensorboard.plugins.hparams import api as hp
 
 from trainer import model as model_lib
-from trainer import rundir
+from trainer import rundir, sources
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.lstm import LeanLSTM
@@ -293,7 +293,7 @@ def hparams(config: Config, precision: str | None = None) -> dict[str, str | boo
         if learned and field.name not in SPEED_ONLY_SETTINGS:
             columns[field.name] = _hparam_value(getattr(config, field.name))
     with contextlib.suppress(UserError):  # A path auto cannot judge keeps "auto".
-        columns["data_source"] = config.data_source_resolved
+        columns["data_source"] = sources.resolve(config)
     columns["presets"] = _hparam_value(config.presets)
     if precision is not None:
         columns["precision"] = precision

@@ -117,6 +117,16 @@ class Rows:
           names: the text's columns and then the label's, for messages.
           at: where to insert the row; None appends it.
         """
+        text, label = self.check(text, label, place, names)
+        for values, value in ((self.texts, text), (self.labels, label), (self.places, place)):
+            values.insert(len(values) if at is None else at, value)
+
+    def check(self, text: str, label: str, place: str,
+              names: tuple[str, ...] = ("text", "label")) -> tuple[str, str]:
+        """One row's (cut text, stripped label), or a UserError: what ``add`` keeps.
+
+        The streamed reader (``trainer.stream``) checks its rows here and keeps none.
+        """
         text, label = _without_bom(text), _without_bom(label).strip()
         if not text.strip():
             raise UserError(f"{self.flag}={self.path}: {place} has no text in "
@@ -124,9 +134,7 @@ class Rows:
         if not label:
             raise UserError(f"{self.flag}={self.path}: {place} has no label in {names[-1]}; "
                             "fill it in or delete the row.")
-        for values, value in ((self.texts, self.limit.cut(text)), (self.labels, label),
-                              (self.places, place)):
-            values.insert(len(values) if at is None else at, value)
+        return self.limit.cut(text), label
 
     def where(self, label: str) -> str:
         """The place of ``label``'s first row."""
@@ -165,15 +173,8 @@ def read_labeled(config: Config, read_rows: Callable[[str, str], Rows],
     train_path, test_path = paths or (config.data_path, config.test_data_path)
     train = read_rows(train_path, "--data_path")
     test = read_rows(test_path, "--test_data_path") if test_path else None
-    _check_label_column(train)
-    classes = _class_names(train)  # Each label as written -> its class's name.
-    names = class_order(set(classes.values()))
-    if len(names) < 2:
-        raise UserError(f"{train.flag}={train.path} has a single class "
-                        f"({names[0] if names else 'none'!r}); a classifier needs at least "
-                        "two (check --label_column).")
+    names, ids = label_ids(train)  # Each label as written -> its class's id.
     index = {name: i for i, name in enumerate(names)}
-    ids = {label: index[name] for label, name in classes.items()}
     if test is None:
         return _to_split(train, ids), None, names
     numeric = all(_NUMBER.fullmatch(name) for name in names)
@@ -185,6 +186,35 @@ def read_labeled(config: Config, read_rows: Callable[[str, str], Rows],
                             f"{', ...' * (len(names) > 20)}).{_unicode_hint(name, names)}")
         ids[label] = index[name]
     return _to_split(train, ids), _to_split(test, ids), names
+
+
+def label_ids(rows: Rows) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The class names in id order and each label as written -> its id, by the label rules.
+
+    Raises:
+      UserError: as ``read_labeled`` for its training rows.
+    """
+    _check_label_column(rows)
+    classes = _class_names(rows)
+    names = class_order(set(classes.values()))
+    if len(names) < 2:
+        raise UserError(f"{rows.flag}={rows.path} has a single class "
+                        f"({names[0] if names else 'none'!r}); a classifier needs at least "
+                        "two (check --label_column).")
+    index = {name: i for i, name in enumerate(names)}
+    return names, {label: index[name] for label, name in classes.items()}
+
+
+def class_name(label: str, names: tuple[str, ...]) -> str:
+    """``label``'s class name among ``names``: a number's plain spelling if they are numbers."""
+    if all(_NUMBER.fullmatch(name) for name in names) and _NUMBER.fullmatch(label):
+        return _number_name(label)
+    return label
+
+
+def has_glob(path: str) -> bool:
+    """Whether ``path`` is a glob pattern (``part-*.csv``) rather than one file or folder."""
+    return any(char in path for char in "*?[")
 
 
 def _class_names(rows: Rows) -> dict[str, str]:
@@ -245,7 +275,7 @@ def _check_label_column(rows: Rows) -> None:
 
     Nearly: more than 9 in 10 rows hold a value of their own. A class needs two
     rows, one to train and one to test, so no such column can train; one with
-    fewer distinct values but classes too small is refused by ``data.load``,
+    fewer distinct values but classes too small is refused by ``splits.split``,
     which knows the splits.
     """
     classes = len(set(rows.labels))
@@ -527,6 +557,52 @@ def table_rows(path: str, flag: str, config: Config, limit: data.TextLimit,
     return rows
 
 
+DIALECTS: dict[str, type[csv.Dialect]] = {"csv": csv.excel, "tsv": csv.excel_tab}
+
+
+def table_records(path: str, flag: str, config: Config, limit: data.TextLimit,
+                  dialect: type[csv.Dialect]) -> Iterator[tuple[str, str, str] | str]:
+    """``table_rows`` one row at a time, holding none: ``(text, label, place)`` or a skip.
+
+    The rules a row can be checked by alone hold as in ``table_rows`` (quoting,
+    field counts, UTF-8, ``Rows.check``); a named header is skipped, and so is
+    each repeat of it (yielded as ``"header"``, a blank line as ``"blank
+    line"``). With 0-based indices every row is data: whether a first row is a
+    header needs the whole file. What needs every row (a quoted field that
+    swallowed rows) is ``table_rows``' alone.
+    """
+    csv.field_size_limit(_MAX_FIELD_CHARS)
+    rows = Rows(path, flag, limit)
+    quoting = {"quoting": csv.QUOTE_NONE} if dialect is csv.excel_tab else {}
+    table: _Table | None = None
+    try:
+        with _text_lines(path, flag, newline="") as stream:
+            reader = csv.reader(_without_boms(stream), dialect, strict=True, **quoting)
+            for record, start, end in _records(reader, rows):
+                place = f"line {start}"
+                if not any(field.strip() for field in record):
+                    yield "blank line"
+                    continue
+                for index, value in enumerate(record):
+                    _check_utf8(value, path, flag, f"{place}, column {index}")
+                if table is None:
+                    table = _Table(_columns(config, record, path, flag), record, place,
+                                   tuple(f.strip() for f in record))
+                    _check_width(rows, record, table, place, end, dialect)
+                    if table.columns.header:
+                        yield "header"
+                        continue
+                _check_width(rows, record, table, place, end, dialect)
+                if table.columns.header and tuple(f.strip() for f in record) == table.key:
+                    yield "header"
+                    continue
+                columns = table.columns
+                yield (*rows.check(" ".join(record[i] for i in columns.text),
+                                   record[columns.label], place, columns.names), place)
+    except (*_GZIP_ERRORS, UserError) as error:
+        raise _reading(path, flag)(error) from None
+
+
 def _records(reader: Any, rows: Rows) -> Iterator[tuple[list[str], int, int]]:
     """Each record's fields, first line and last line; a quoting error names its first line."""
     start = 1
@@ -638,21 +714,36 @@ class _JsonObject(dict):
 
 def jsonl_rows(path: str, flag: str, config: Config, limit: data.TextLimit) -> Rows:
     """Every line of a JSON Lines file: one object each; blank lines skipped and counted."""
+    rows = Rows(path, flag, limit, label_from=f"--label_column={config.label_column}")
+    skipped: collections.Counter = collections.Counter()
+    for row in jsonl_records(path, flag, config, limit):
+        if isinstance(row, str):
+            skipped[f"{row}s"] += 1
+        else:
+            rows.texts.append(row[0])
+            rows.labels.append(row[1])
+            rows.places.append(row[2])
+    if not rows.texts:
+        raise UserError(f"{flag}={path} is empty: no JSON lines.")
+    _log_counts(path, len(rows.texts), 0, len(rows.texts), skipped)
+    return rows
+
+
+def jsonl_records(path: str, flag: str, config: Config, limit: data.TextLimit
+                  ) -> Iterator[tuple[str, str, str] | str]:
+    """Each JSON line as ``(text, label, place)``, checked alone; a blank line as a skip."""
     text_keys = [part.strip() for part in config.text_column.split(",")]
     label_key = config.label_column.strip()
     if label_key in text_keys:
         _refuse_label_in_text(config, path, flag)
-    rows = Rows(path, flag, limit, label_from=f"--label_column={config.label_column}")
-    skipped: collections.Counter = collections.Counter()
-    read = 0
+    rows = Rows(path, flag, limit)
     try:
         with _text_lines(path, flag, newline=None) as stream:
             for number, line in enumerate(_without_boms(stream), start=1):
                 place = f"line {number}"
                 if not line.strip():
-                    skipped["blank lines"] += 1
+                    yield "blank line"
                     continue
-                read += 1
                 _check_utf8(line, path, flag, place)
                 record = _json_object(line, rows, place)
                 for key in record.repeated & {*text_keys, label_key}:
@@ -663,13 +754,9 @@ def jsonl_rows(path: str, flag: str, config: Config, limit: data.TextLimit) -> R
                 text = " ".join(_json_field(record, key, rows, place, "text")
                                 for key in text_keys)
                 label = _json_field(record, label_key, rows, place, "label")
-                rows.add(text, label, place, (*text_keys, label_key))
+                yield (*rows.check(text, label, place, (*text_keys, label_key)), place)
     except (*_GZIP_ERRORS, UserError) as error:
         raise _reading(path, flag)(error) from None
-    if not read:
-        raise UserError(f"{flag}={path} is empty: no JSON lines.")
-    _log_counts(path, read, 0, len(rows.texts), skipped)
-    return rows
 
 
 def _json_object(line: str, rows: Rows, place: str) -> _JsonObject:

@@ -29,6 +29,8 @@ from trainer import (
     model,
     phases,
     rundir,
+    sources,
+    stream,
     summaries,
 )
 from trainer.config import Config
@@ -203,7 +205,9 @@ def _read_data(config: Config, clock: phases.Phases
       The splits, the vocabulary (None for token ids), what the loop trains and
       validates on, and the test batches.
     """
-    splits = data.load(config)
+    if stream.wanted(config):
+        return _stream_data(config, clock)
+    splits = sources.load(config)
     clock.lap(phases.READING)
     logging.info("data: %d train, %d validation, %d test reviews from %s", len(splits.train),
                  len(splits.validation), len(splits.test), splits.source)
@@ -226,6 +230,41 @@ def _read_data(config: Config, clock: phases.Phases
     return splits, vectorizer, datasets, test
 
 
+def _stream_data(config: Config, clock: phases.Phases
+                 ) -> tuple[stream.Splits, keras.layers.TextVectorization, loop.Datasets,
+                            loop.Batches]:
+    """``_read_data`` for streamed shards: the sample, the vocabulary, per-worker batches."""
+    source, texts = stream.prepare(config)
+    clock.lap(phases.READING)
+    vectorizer = stream.vocabulary(texts, config)
+    del texts
+
+    def batches(split: str, seed: int | None = None, drop_remainder: bool = False
+                ) -> loop.Batches:
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return stream.batches(
+                source, config, split, vectorizer,
+                batch_size=context.get_per_replica_batch_size(config.batch_size),
+                worker=context.input_pipeline_id, workers=context.num_input_pipelines,
+                seed=seed, drop_remainder=drop_remainder)
+
+        return dataset_fn
+
+    evaluation = {loop.VALIDATION: batches("validation")} if source.validation_buckets else {}
+    datasets = loop.Datasets(
+        train=lambda epoch: batches("train", config.seed * 1000 + epoch, drop_remainder=True),
+        train_examples=source.train_rows, evaluation=evaluation)
+    clock.lap(phases.VECTORIZING)
+    return stream.split_sizes(source, config), vectorizer, datasets, batches("test")
+
+
+def _load(config: Config) -> data.Splits | stream.Splits:
+    """The splits, in memory or (``--stream``) as a streamed source's sizes and fingerprint."""
+    if stream.wanted(config):
+        return stream.split_sizes(stream.prepare(config)[0], config)
+    return sources.load(config)
+
+
 def epoch_batches(train: data.Encoded, config: Config) -> Callable[[int], tf.data.Dataset]:
     """``epoch -> that epoch's training batches``: whole global batches, in a seeded order.
 
@@ -245,9 +284,13 @@ def evaluation_batches(encoded: data.Encoded, config: Config) -> tf.data.Dataset
     return data.batches(encoded, config, global_batch_size=config.batch_size)
 
 
-def _fingerprints(splits: data.Splits,
+def _fingerprints(splits: data.Splits | stream.Splits,
                   vectorizer: keras.layers.TextVectorization | None) -> dict[str, str]:
     """Hashes of what was trained on: training and validation reviews, and the vocabulary."""
+    vocabulary = {"vocabulary_fingerprint": rundir.fingerprint(
+        vectorizer.get_vocabulary() if vectorizer is not None else [])}
+    if isinstance(splits, stream.Splits):
+        return {"data_fingerprint": splits.fingerprint, **vocabulary}
 
     def items(split: data.Split) -> list[Any]:
         return [r.tobytes() if isinstance(r, np.ndarray) else str(r).encode()
@@ -257,8 +300,7 @@ def _fingerprints(splits: data.Splits,
         "data_fingerprint": rundir.fingerprint(items(splits.train), [splits.train.labels.tobytes()],
                                                items(splits.validation),
                                                [splits.validation.labels.tobytes()]),
-        "vocabulary_fingerprint": rundir.fingerprint(
-            vectorizer.get_vocabulary() if vectorizer is not None else []),
+        **vocabulary,
     }
 
 
@@ -278,7 +320,7 @@ def _answer_finished(config: Config, finished: dict[str, Any], precision: str) -
     if changed := manifest.differences(rundir.state_settings(config, precision=precision)):
         raise manifest.refuse(changed, config.model_dir, finished=True)  # Before the data.
     if manifest.value:
-        splits = data.load(config)
+        splits = _load(config)
         changed = manifest.differences(
             {"data_fingerprint": _fingerprints(splits, None)["data_fingerprint"]})
         recorded, names = finished.get("class_names"), list(splits.class_names)
