@@ -39,6 +39,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -391,6 +392,9 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     def split_rows(name: str) -> Iterator[tuple[str, int]]:
         counts: Counter = Counter()
         for row in read_shard(name, source.kind, config, limit, flag):
+            pass_rows[0] += 1
+            if split != "train":
+                pass_rows[1].update(pass_rows[0])
             if isinstance(row, str):
                 counts[f"skipped ({row})"] += 1
                 continue
@@ -416,10 +420,16 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     # Each shard's rows come from a Python generator, a chunk per call of a tf.py_function
     # (Dataset.from_generator measured 3x slower training steps beside it on 2 cores).
     readers: dict[bytes, Iterator[tuple[np.ndarray, np.ndarray]]] = {}
+    # An evaluation pass reads every row to find its own: its progress, like training's.
+    rows_per_pass = source.rows * len(paths) // max(len(source.train_paths), 1)
+    pass_rows: list[Any] = [0, Progress(f"reading the {split} rows", rows_per_pass), 0]
 
     def next_chunk(path: tf.Tensor, index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
         name = path.numpy()
         if int(index) == 0:  # A new pass over the shard: this dataset's iterator is new.
+            if not pass_rows[2] % len(paths):  # The pass's first shard: a new pass.
+                pass_rows[:2] = [0, Progress(f"reading the {split} rows", rows_per_pass)]
+            pass_rows[2] += 1
             readers[name] = generate(name)
         try:
             chunk = next(readers[name], None)
@@ -483,9 +493,9 @@ def batches(source: Source, config: Config, split: str, vectorizer: keras.layers
             return batched.shuffle(config.bucket_window_batches, seed=seed) if (
                 seed is not None) else batched
 
-        batched = (encoded.ragged_batch(window) if hasattr(encoded, "ragged_batch") else
-                   encoded.apply(tf.data.experimental.dense_to_ragged_batch(window))
-                   ).flat_map(sorted_batches)
+        # The next window is read and vectorized while this one's batches train: without
+        # the prefetch, each window's reading was a pause of its own between two steps.
+        batched = encoded.ragged_batch(window).prefetch(1).flat_map(sorted_batches)
     else:
         batched = encoded.ragged_batch(batch_size)
     if drop_remainder:  # Not batch()'s: a static batch size traces a much slower step.
@@ -556,15 +566,18 @@ class Progress:
         self.last = now
         rate = done / max(now - self.start, 1e-9)
         left = (self.total - done) / rate if rate and self.total > done else 0.0
-        logging.info("data: %s: %s of %s %s, %s/s, about %.0f s left", self.what,
-                     self._count(done), self._count(self.total), self.unit, self._count(rate),
-                     left)
+        logging.info("data: %s: %s of %s%s, %s/s, about %.0f s left", self.what,
+                     self._count(done), self._count(self.total), self._unit(),
+                     self._count(rate), left)
 
     def done(self, done: int) -> None:
         seconds = time.monotonic() - self.start
         if seconds >= 1.0:
-            logging.info("data: %s: %s %s in %.1f s", self.what, self._count(done), self.unit,
-                         seconds)
+            logging.info("data: %s: %s%s in %.1f s", self.what, self._count(done),
+                         self._unit(), seconds)
+
+    def _unit(self) -> str:
+        return "" if self.unit == "bytes" else f" {self.unit}"  # _count says GB, MB...
 
     def _count(self, value: float) -> str:
         return _bytes(value) if self.unit == "bytes" else f"{value:,.0f}"
