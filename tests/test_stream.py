@@ -211,3 +211,18 @@ def test_two_local_workers_each_read_their_own_shards(tmp_path):
                 for what, n in shard.items() if not what.startswith("skipped"))
     assert total == len(rows)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_completed"] == 1
+
+
+def test_shards_sorted_by_class_are_named_in_a_warning(tmp_path, caplog):
+    folder = tmp_path / "sorted"
+    folder.mkdir()
+    with (folder / "all.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        for number in range(2 * stream._SORTED_RUN):
+            label = "neg" if number < stream._SORTED_RUN else "pos"
+            writer.writerow([f"{review_text(label, number)} row{number}", label])
+    stream.prepare(Config(data_path=str(folder / "all.csv"), stream="on"))
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert warning.startswith(f"data: the first {stream._SORTED_RUN} rows read of all.csv are "
+                              "all of the class 'neg' (1 of 1 sampled shards start so)")

@@ -57,6 +57,7 @@ _SHUFFLE_ROWS = 8192  # Rows held for the training shuffle: memory is this, not 
 _VECTORIZE_ROWS = 256  # Rows per TextVectorization call in the pipeline.
 _CHUNK_ROWS = 256  # Rows per element a shard's Python reader hands tf.data.
 _SAMPLE_SHARDS = 16  # Shards the sample is read from, spread over the list.
+_SORTED_RUN = _SHUFFLE_ROWS  # A shard starting with this many rows of one class is sorted.
 _PROGRESS_SECONDS = 10.0  # A long pass logs a progress line this often.
 _CRC_CHUNK = 1 << 22
 _SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
@@ -292,24 +293,37 @@ def _sample(paths: list[str], kind: str, config: Config, limit: data.TextLimit,
       The uncompressed bytes the sampled rows took (texts and labels, about).
     """
     step = max(1, len(paths) // _SAMPLE_SHARDS)
-    readers = [read_shard(p, kind, config, limit, "--data_path") for p in paths[::step]]
-    readers = readers[:_SAMPLE_SHARDS]
+    readers = {p: read_shard(p, kind, config, limit, "--data_path")
+               for p in paths[::step][:_SAMPLE_SHARDS]}
+    runs: dict[str, tuple[str, int]] = {}  # Each shard's first label and how long it runs.
     size, progress = 0, Progress("reading the sample", config.stream_sample_rows)
     while readers and len(sample.texts) < config.stream_sample_rows:
-        for reader in list(readers):
+        for path, reader in list(readers.items()):
             row = next(reader, None)
             if row is None:
-                readers.remove(reader)
+                del readers[path]
             elif not isinstance(row, str):
                 text, label, place = row
                 sample.texts.append(text)
                 sample.labels.append(label)
                 sample.places.append(place)
                 size += len(text.encode("utf-8", "surrogatepass")) + len(label) + 4
+                first, run = runs.get(path, (label, 0))
+                if run >= 0:  # Negative: the first run ended, at -run rows.
+                    runs[path] = (first, run + 1) if label == first else (first, -run)
                 progress.update(len(sample.texts))
     progress.done(len(sample.texts))
     if not sample.texts:
         raise UserError(f"--data_path={config.data_path} has no rows.")
+    sorted_ = {path: (label, abs(run)) for path, (label, run) in runs.items()
+               if abs(run) >= _SORTED_RUN}
+    if sorted_ and len(set(sample.labels)) > 1:
+        path, (label, run) = next(iter(sorted_.items()))
+        logging.warning("data: the first %d rows read of %s are all of the class %r (%d of "
+                        "%d sampled shards start so): rows sorted by class train badly when "
+                        "streamed, whose shuffle holds %d rows; shuffle the rows, or keep a "
+                        "file that fits in memory there (--stream=off)", run,
+                        os.path.basename(path), label, len(sorted_), len(runs), _SHUFFLE_ROWS)
     return size
 
 
