@@ -42,6 +42,7 @@ METRICS_FILE = "metrics.json"
 VOCAB_FILE = "vocab.txt"
 MODEL_FILE = "model.keras"
 LABELS_FILE = export.LABELS_FILE  # The class names, one a line: id = line number - 1.
+EVAL_BATCH_MULTIPLE = 8  # Evaluation batches hold this many training batches' reviews.
 # What --overwrite removes, metrics.json (the "done" mark) first.
 _OUTPUTS = (METRICS_FILE, rundir.MANIFEST_FILE, VOCAB_FILE, LABELS_FILE, MODEL_FILE,
             summaries.CURVES_FILE, export.EXPORT_DIR)
@@ -280,8 +281,13 @@ def epoch_batches(train: data.Encoded, config: Config) -> Callable[[int], tf.dat
 
 
 def evaluation_batches(encoded: data.Encoded, config: Config) -> tf.data.Dataset:
-    """Every example of ``encoded``, in order, the last batch partial."""
-    return data.batches(encoded, config, global_batch_size=config.batch_size)
+    """Every example of ``encoded``, in order, the last batch partial.
+
+    Batches of ``EVAL_BATCH_MULTIPLE`` training batches: a forward pass has no
+    optimizer step to keep small, and fewer, wider calls cost less per review.
+    """
+    return data.batches(encoded, config,
+                        global_batch_size=config.batch_size * EVAL_BATCH_MULTIPLE)
 
 
 def _fingerprints(splits: data.Splits | stream.Splits,
