@@ -226,3 +226,27 @@ def test_shards_sorted_by_class_are_named_in_a_warning(tmp_path, caplog):
     warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert warning.startswith(f"data: the first {stream._SORTED_RUN} rows read of all.csv are "
                               "all of the class 'neg' (1 of 1 sampled shards start so)")
+
+
+def test_auto_streams_a_glob_or_a_folder_of_shards_not_class_folders(tmp_path):
+    write_shards(tmp_path / "shards")
+    assert stream.wanted(Config(data_path=str(tmp_path / "shards")))
+    assert stream.wanted(Config(data_path=str(tmp_path / "shards" / "part-*.csv")))
+    assert not stream.wanted(Config(data_path=str(tmp_path / "shards" / "part-0.csv")))
+    assert stream.wanted(Config(data_path=str(tmp_path / "shards" / "part-0.csv"), stream="on"))
+    assert not stream.wanted(Config(data_path=str(tmp_path / "shards"), stream="off"))
+    (tmp_path / "shards" / "pos").mkdir()  # A folder with folders is class folders.
+    assert not stream.wanted(Config(data_path=str(tmp_path / "shards")))
+
+
+@pytest.mark.slow
+def test_max_steps_ends_the_run_and_its_schedule_at_that_step(run_trainer, tmp_path):
+    write_shards(tmp_path / "shards")
+    process = run_trainer(f"--data_path={tmp_path / 'shards'}", *FLAGS, "--epochs=3",
+                          "--max_steps=7", f"--model_dir={tmp_path / 'run'}")
+    assert process.returncode == 0, process.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["train_steps"], metrics["epochs_completed"]) == (7, 1)
+    assert "epoch 1/3 done | step 7 " in process.stderr
+    # The cosine runs over the 7 steps: at step 4, 1e-3 x (1 + cos(4/7 pi)) / 2.
+    assert "step 4/" in process.stderr and "train/learning_rate 0.000389 " in process.stderr

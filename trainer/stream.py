@@ -64,7 +64,11 @@ _SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 
 
 def wanted(config: Config) -> bool:
-    """Whether this run streams: --stream=on, or auto with a glob or a folder of shards."""
+    """Whether this run streams: --stream=on, or auto with a glob or a folder of shards.
+
+    A folder of shards holds csv, tsv or jsonl files and no folders (a folder with
+    folders is class folders).
+    """
     if config.stream != "auto":
         return config.stream == "on"
     path = config.data_path
@@ -72,7 +76,7 @@ def wanted(config: Config) -> bool:
         return False
     if tables.has_glob(path):
         return True
-    return tables.isdir(path) and bool(_shard_files(path))
+    return tables.isdir(path) and bool(_shard_files(path)) and not tables.subfolders(path)
 
 
 def _format_of(path: str) -> str | None:
