@@ -34,7 +34,6 @@ from typing import Any
 
 from absl import logging
 
-from trainer import sources
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -49,7 +48,7 @@ STATE_SETTINGS = ("vocab_size", "max_len", "embedding_dim", "lstm_units", "paddi
                   "truncating", "mask_padding", "bucket_by_length", "bucket_window_batches",
                   "batch_size", "seed", "data_source", "max_train_examples", "validation_split",
                   "max_validation_examples", "text_column", "label_column", "test_split",
-                  "class_weight", "stream", "classes", "stream_sample_rows")
+                  "class_weight")
 # Settings that may change when a run is resumed: taken, logged, recorded.
 SAFE_SETTINGS = ("learning_rate", "lr_schedule", "warmup_steps", "epochs",
                  "early_stopping_patience", "clip_norm", "ema_momentum", "embedding_lr_scale",
@@ -57,7 +56,8 @@ SAFE_SETTINGS = ("learning_rate", "lr_schedule", "warmup_steps", "epochs",
                  "checkpoint_every_steps", "keep_checkpoints", "steps_per_loop",
                  "profile_steps", "max_test_examples", "lean_lstm", "intra_op_threads",
                  "cluster_timeout_secs", "strategy", "num_gpus", "cpu_replicas", "data_path",
-                 "tfds_data_dir", "max_steps", "vocab_file")
+                 "tfds_data_dir", "max_steps", "vocab_file", "stream", "classes",
+                 "stream_sample_rows")
 
 
 def is_local(path: str) -> bool:
@@ -318,11 +318,12 @@ def versions() -> dict[str, str]:
 def state_settings(config: Config, **measured: Any) -> dict[str, Any]:
     """What defines the training state: the ``STATE_SETTINGS`` plus ``measured`` values.
 
-    ``measured`` holds what only the run knows (the resolved precision, the
-    data and vocabulary fingerprints, whether the weights' average is kept).
+    ``measured`` holds what only the run knows (the resolved precision and data
+    source, the data and vocabulary fingerprints, whether the weights' average
+    is kept). The streaming settings (--stream, --classes, --stream_sample_rows)
+    are safe ones: what they change is in the fingerprints and the class names.
     """
     values = {name: getattr(config, name) for name in STATE_SETTINGS}
-    values["data_source"] = sources.resolve(config)
     values["ema"] = bool(config.ema_momentum)  # Its variables are in the checkpoint or not.
     return {**values, **measured}
 

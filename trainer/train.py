@@ -95,7 +95,8 @@ def _run(config: Config, start: float, clock: phases.Phases) -> dict[str, Any]:
         # other data or settings is refused, as its resume would be.
         return _answer_finished(config, finished, precision)
     manifest = rundir.Manifest(config.model_dir)
-    early_state = rundir.state_settings(config, precision=precision)
+    early_state = rundir.state_settings(config, precision=precision,
+                                        data_source=sources.resolve(config))
     if (not config.overwrite and checkpoints.listed(config.checkpoint_dir, repair=False)
             and (changed := manifest.differences(early_state))):
         raise manifest.refuse(changed, config.model_dir)  # Before the data is read.
@@ -323,7 +324,8 @@ def _answer_finished(config: Config, finished: dict[str, Any], precision: str) -
       UserError: other data or settings than the finished run's (or unreadable data).
     """
     manifest = rundir.Manifest(config.model_dir)
-    if changed := manifest.differences(rundir.state_settings(config, precision=precision)):
+    if changed := manifest.differences(rundir.state_settings(
+            config, precision=precision, data_source=sources.resolve(config))):
         raise manifest.refuse(changed, config.model_dir, finished=True)  # Before the data.
     if manifest.value:
         splits = _load(config)
