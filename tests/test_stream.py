@@ -9,6 +9,7 @@ local workers each reading their own shards.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 import signal
@@ -250,3 +251,23 @@ def test_max_steps_ends_the_run_and_its_schedule_at_that_step(run_trainer, tmp_p
     assert "epoch 1/3 done | step 7 " in process.stderr
     # The cosine runs over the 7 steps: at step 4, 1e-3 x (1 + cos(4/7 pi)) / 2.
     assert "step 4/" in process.stderr and "train/learning_rate 0.000389 " in process.stderr
+
+
+def test_gzipped_json_lines_shards_stream_like_csv(tmp_path):
+    rows = write_shards(tmp_path / "csv", sizes=(60, 40))
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    texts = list(rows)
+    for shard, part in enumerate((texts[:60], texts[60:])):
+        with gzip.open(folder / f"part-{shard}.jsonl.gz", "wt", encoding="utf-8") as file:
+            file.writelines(json.dumps({"text": text, "label": rows[text][0]}) + "\n"
+                            for text in part)
+    config = Config(data_path=str(folder), validation_split=0.2, test_split=0.2)
+    source, _ = stream.prepare(config)
+    assert source.kind == "jsonl" and len(source.train_paths) == 2
+    read_back = [text for split in ("train", "validation", "test")
+                 for text, _ in read(source, config, split)]
+    assert sorted(read_back) == sorted(texts)
+    with pytest.raises(UserError, match=r"streamed shards must all be .csv, all .tsv or all "
+                                        r"\.jsonl"):
+        stream.shard_paths(str(tmp_path / "*" / "part-0*"), "--data_path")
