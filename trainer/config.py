@@ -76,7 +76,8 @@ class Config:
     data_path: str = setting(
         "Data", "",
         "The data, local or gs://: an aclImdb folder or a .tar.gz of it, a .csv/.tsv/.jsonl "
-        "file (optionally .gz), a folder of class folders, or an imdb.npz.")
+        "file (optionally .gz) or a glob or folder of such shards (streamed, see --stream), "
+        "a folder of class folders, or an imdb.npz.")
     test_data_path: str = setting(
         "Data", "",
         "A separate test file (or folder of class folders) in --data_path's format; its labels "
