@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,3 +272,20 @@ def test_gzipped_json_lines_shards_stream_like_csv(tmp_path):
     with pytest.raises(UserError, match=r"streamed shards must all be .csv, all .tsv or all "
                                         r"\.jsonl"):
         stream.shard_paths(str(tmp_path / "*" / "part-0*"), "--data_path")
+
+
+def test_a_small_validation_set_is_kept_after_its_first_pass(tmp_path):
+    import tensorflow as tf
+
+    from trainer import phases, train
+
+    write_shards(tmp_path / "shards")
+    config = Config(data_path=str(tmp_path / "shards"), validation_split=0.2, test_split=0.2)
+    _, _, datasets, _ = train._stream_data(config, phases.Phases())
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=1)
+    validation = datasets.evaluation["val"]
+    first = [labels.numpy().tolist() for _, labels in validation(context)]
+    shutil.rmtree(tmp_path / "shards")  # Epoch 2's validation reads no shard: none is left.
+    assert [labels.numpy().tolist() for _, labels in validation(context)] == first
+    assert sum(map(len, first)) > 0

@@ -56,6 +56,7 @@ _CYCLE = 4  # Shards read at once by a worker: rows of a batch come from several
 _SHUFFLE_ROWS = 8192  # Rows held for the training shuffle: memory is this, not the data.
 _VECTORIZE_ROWS = 256  # Rows per TextVectorization call in the pipeline.
 _CHUNK_ROWS = 256  # Rows per element a shard's Python reader hands tf.data.
+_KEPT_VALIDATION_ROWS = 50_000  # Validation sets up to this size are kept after a pass.
 _SAMPLE_SHARDS = 16  # Shards the sample is read from, spread over the list.
 _SORTED_RUN = _SHUFFLE_ROWS  # A shard starting with this many rows of one class is sorted.
 _PROGRESS_SECONDS = 10.0  # A long pass logs a progress line this often.
@@ -282,6 +283,15 @@ def split_sizes(source: Source, config: Config) -> Splits:
     return Splits(Counted(source.train_rows, labels), Counted(validation, empty),
                   Counted(test, empty), source.kind, source.class_names, config.class_weight,
                   data_fingerprint(source))
+
+
+def validation_is_small(source: Source) -> bool:
+    """Whether the validation rows are few enough to keep in memory after their first pass.
+
+    Each validation pass otherwise reads every shard to find its rows (at most
+    about --max_validation_examples, 1,000 by default).
+    """
+    return source.rows * source.validation_buckets / BUCKETS <= _KEPT_VALIDATION_ROWS
 
 
 def data_fingerprint(source: Source) -> str:

@@ -241,18 +241,26 @@ def _stream_data(config: Config, clock: phases.Phases
     vectorizer = stream.vocabulary(texts, config)
     del texts
 
-    def batches(split: str, seed: int | None = None, drop_remainder: bool = False
-                ) -> loop.Batches:
+    def batches(split: str, seed: int | None = None, drop_remainder: bool = False,
+                cache: bool = False) -> loop.Batches:
+        made: dict[tuple[int, int], tf.data.Dataset] = {}
+
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            return stream.batches(
-                source, config, split, vectorizer,
-                batch_size=context.get_per_replica_batch_size(config.batch_size),
-                worker=context.input_pipeline_id, workers=context.num_input_pipelines,
-                seed=seed, drop_remainder=drop_remainder)
+            worker = (context.input_pipeline_id, context.num_input_pipelines)
+            if worker not in made or not cache:
+                made[worker] = stream.batches(
+                    source, config, split, vectorizer,
+                    batch_size=context.get_per_replica_batch_size(config.batch_size),
+                    worker=worker[0], workers=worker[1], seed=seed,
+                    drop_remainder=drop_remainder)
+                if cache:  # Kept after the first pass: later epochs read no shard for it.
+                    made[worker] = made[worker].cache()
+            return made[worker]
 
         return dataset_fn
 
-    evaluation = {loop.VALIDATION: batches("validation")} if source.validation_buckets else {}
+    evaluation = ({loop.VALIDATION: batches("validation", cache=stream.validation_is_small(
+        source))} if source.validation_buckets else {})
     datasets = loop.Datasets(
         train=lambda epoch: batches("train", config.seed * 1000 + epoch, drop_remainder=True),
         train_examples=source.train_rows, evaluation=evaluation)
