@@ -427,11 +427,11 @@ def test_validation_holds_out_its_share_up_to_the_cap_and_the_rest_trains(imdb_a
     train, test = imdb_cut
     monkeypatch.setitem(sources.READERS, "aclimdb",
                         lambda config, limit: (train, test, imdb.CLASSES))
-    capped = sources.load(Config(data_path=imdb_archive))  # 10% of 25,000, at most 1,000.
-    assert len(capped.validation) == 1000 and len(capped.train) == 24_000
-    assert np.bincount(capped.validation.labels).tolist() == [500, 500]
-    # The same reviews as asking for that share outright (0.04 of 25,000).
-    share = sources.load(Config(data_path=imdb_archive, validation_split=0.04))
+    capped = sources.load(Config(data_path=imdb_archive))  # 10% of 25,000, at most 500.
+    assert len(capped.validation) == 500 and len(capped.train) == 24_500
+    assert np.bincount(capped.validation.labels).tolist() == [250, 250]
+    # The same reviews as asking for that share outright (0.02 of 25,000).
+    share = sources.load(Config(data_path=imdb_archive, validation_split=0.02))
     assert list(share.validation.reviews) == list(capped.validation.reviews)
     uncapped = sources.load(Config(data_path=imdb_archive, max_validation_examples=0))
     assert len(uncapped.validation) == 2500

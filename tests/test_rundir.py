@@ -151,7 +151,7 @@ def test_resume_refuses_what_would_mix_states_and_takes_what_is_safe(medium_acli
     older = json.loads(written)
     del older["state"]["max_validation_examples"]
     manifest_path.write_text(json.dumps(older))
-    assert_one_line(run(*base), 2, "--max_validation_examples: 0 -> 1000", "--overwrite")
+    assert_one_line(run(*base), 2, "--max_validation_examples: 0 -> 500", "--overwrite")
     manifest_path.write_text(written)
     other_data = write_tree(tmp_path / "other", aclimdb_files(140))
     refused = run(*flags_for(other_data, model_dir))

@@ -117,7 +117,7 @@ class Config:
         "Fraction of the training reviews held out for validation and early stopping "
         "(the test reviews are never used for either), at most --max_validation_examples.")
     max_validation_examples: int = setting(
-        "Data", 1000,
+        "Data", 500,
         "Hold out at most this many training examples for validation: a validation loss "
         "needs a number of examples, not a share, and the rest train (0 = no cap).",
         minimum=0, zero="no cap")

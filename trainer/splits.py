@@ -219,7 +219,7 @@ def validation_fraction(config: Config, rows: int) -> float:
     """The share of ``rows`` training rows held out for validation.
 
     --validation_split, or less where that would hold out more than
-    --max_validation_examples (1,000 of IMDB's 25,000: 0.04).
+    --max_validation_examples (500 of IMDB's 25,000: 0.02).
     """
     cap = config.max_validation_examples
     if cap and config.validation_split * rows > cap:

@@ -289,7 +289,7 @@ def validation_is_small(source: Source) -> bool:
     """Whether the validation rows are few enough to keep in memory after their first pass.
 
     Each validation pass otherwise reads every shard to find its rows (at most
-    about --max_validation_examples, 1,000 by default).
+    about --max_validation_examples, 500 by default).
     """
     return source.rows * source.validation_buckets / BUCKETS <= _KEPT_VALIDATION_ROWS
 
