@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 
 from tests.conftest import REPO, review_text, trainer_env
 from tests.test_cluster import Group
-from trainer import stream
+from trainer import phases, stream, train
 from trainer.config import Config
 from trainer.errors import UserError
 
@@ -275,10 +276,6 @@ def test_gzipped_json_lines_shards_stream_like_csv(tmp_path):
 
 
 def test_a_small_validation_set_is_kept_after_its_first_pass(tmp_path):
-    import tensorflow as tf
-
-    from trainer import phases, train
-
     write_shards(tmp_path / "shards")
     config = Config(data_path=str(tmp_path / "shards"), validation_split=0.2, test_split=0.2)
     _, _, datasets, _ = train._stream_data(config, phases.Phases())

@@ -200,13 +200,18 @@ def standardize(text: tf.Tensor) -> tf.Tensor:
     return tf.strings.regex_replace(text, f"[{re.escape(string.punctuation)}]", "")
 
 
+def new_vectorizer(config: Config) -> keras.layers.TextVectorization:
+    """An empty TextVectorization of ``vocab_size`` ids, ``standardize``d and ragged."""
+    return keras.layers.TextVectorization(max_tokens=config.vocab_size, standardize=standardize,
+                                          ragged=True)
+
+
 def make_vectorizer(train: Split, config: Config) -> keras.layers.TextVectorization:
     """A TextVectorization whose vocabulary is the training reviews' ``vocab_size`` top words.
 
     Ids: 0 pads, 1 is out-of-vocabulary, 2.. are words by falling frequency.
     """
-    vectorizer = keras.layers.TextVectorization(
-        max_tokens=config.vocab_size, standardize=standardize, ragged=True)
+    vectorizer = new_vectorizer(config)
     texts = tf.data.Dataset.from_tensor_slices(_strings(train.reviews)).batch(_ENCODE_BATCH)
     vectorizer.adapt(texts)
     return vectorizer

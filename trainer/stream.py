@@ -22,7 +22,7 @@ this module does as rows stream:
   spread over up to ``_SAMPLE_SHARDS`` shards (``--classes`` names them instead;
   ``--vocab_file`` reuses a vocabulary); a row of a class the sample did not
   hold stops the run in one line.
-- **Fingerprint**: each shard's name, size and CRC-32, read at C speed before
+- **Fingerprint**: each shard's name and CRC-32, read at C speed before
   training; a resume on changed shards is refused.
 
 Epochs are one pass over a worker's shards; their length in steps is estimated
@@ -38,7 +38,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -146,8 +146,8 @@ class Source:
       test_buckets: buckets [0, test_buckets) are the test set (without test_paths).
       validation_buckets: the next ones are validation.
       train_rows: the estimated training rows of one pass (exact after the first).
-      fingerprint: the shards' names, sizes and CRC-32s, hashed.
-      rows: the estimated rows of --data_path.
+      fingerprint: the shards' names and CRC-32s, hashed.
+      rows: the estimated rows of --data_path; test_rows: of the test set.
       sample_labels: the class ids of the sample's training rows (--class_weight).
     """
 
@@ -161,6 +161,7 @@ class Source:
     train_rows: int
     fingerprint: str
     rows: int = 0
+    test_rows: int = 0
     sample_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
     def split_of(self, bucket_: int, held_out_test: bool) -> int:
@@ -259,7 +260,9 @@ def prepare(config: Config) -> tuple[Source, list[str]]:
     train = [i for i, text in enumerate(sample.texts)
              if not source.split_of(bucket(text), held_out)]
     texts = [sample.texts[i] for i in train]
-    source = dataclasses.replace(source, rows=rows, sample_labels=np.array(
+    test_rows = (round(rows * _uncompressed_bytes(test_paths) / max(total, 1)) if test_paths
+                 else round(rows * test_buckets / BUCKETS))
+    source = dataclasses.replace(source, rows=rows, test_rows=test_rows, sample_labels=np.array(
         [label_ids.get(sample.labels[i], label_ids.get(tables.class_name(
             sample.labels[i], names), 0)) for i in train], np.int32))
     logging.info("data: streaming %d %s shard%s (%s) of about %d rows; %d classes (%s) from "
@@ -276,13 +279,10 @@ def split_sizes(source: Source, config: Config) -> Splits:
     """The streamed splits' estimated sizes, for the log and metrics.json."""
     rows, labels = source.rows, source.sample_labels
     validation = round(rows * source.validation_buckets / BUCKETS)
-    test = (round(rows * source.test_buckets / BUCKETS) if not source.test_paths else
-            round(rows * _uncompressed_bytes(list(source.test_paths))
-                  / max(_uncompressed_bytes(list(source.train_paths)), 1)))
     empty = np.zeros(0, np.int32)
     return Splits(Counted(source.train_rows, labels), Counted(validation, empty),
-                  Counted(test, empty), source.kind, source.class_names, config.class_weight,
-                  data_fingerprint(source))
+                  Counted(source.test_rows, empty), source.kind, source.class_names,
+                  config.class_weight, data_fingerprint(source))
 
 
 def validation_is_small(source: Source) -> bool:
@@ -355,7 +355,7 @@ def _uncompressed_bytes(paths: list[str]) -> int:
 
 
 def _fingerprint(paths: list[str]) -> str:
-    """The shards' names, sizes and CRC-32s, hashed: a changed byte changes it."""
+    """The shards' names and CRC-32s, hashed: a changed byte changes it."""
     digest = hashlib.sha256()
     total = sum(tf.io.gfile.stat(p).length for p in paths)
     progress, done = Progress("checksumming the shards", total, unit="bytes"), 0
@@ -372,13 +372,6 @@ def _fingerprint(paths: list[str]) -> str:
 
 
 # --- The pipeline -------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Tally:
-    """One worker's rows of one pass, per split: what a shard's log line and the pass report."""
-
-    rows: Counter = dataclasses.field(default_factory=Counter)
-
 
 def worker_shards(paths: tuple[str, ...], worker: int, workers: int, flag: str) -> list[str]:
     """The shards ``worker`` of ``workers`` reads: every ``workers``-th, from its index.
@@ -450,7 +443,7 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     readers: dict[bytes, Iterator[tuple[np.ndarray, np.ndarray]]] = {}
     # An evaluation pass reads every row to find its own: its progress, like training's.
     rows_per_pass = source.rows * len(paths) // max(len(source.train_paths), 1)
-    pass_rows: list[Any] = [0, Progress(f"reading the {split} rows", rows_per_pass), 0]
+    pass_rows: list[Any] = [0, None, 0]  # Rows read this pass, its Progress, shards started.
 
     def next_chunk(path: tf.Tensor, index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
         name = path.numpy()
@@ -545,18 +538,16 @@ def _options() -> tf.data.Options:
 
 def vocabulary(texts: list[str], config: Config) -> keras.layers.TextVectorization:
     """The vocabulary: --vocab_file's, or the sample's training texts' top --vocab_size words."""
-    vectorizer = keras.layers.TextVectorization(
-        max_tokens=config.vocab_size, standardize=data.standardize, ragged=True)
     if config.vocab_file:
         words = read_vocab(config.vocab_file)
+        vectorizer = data.new_vectorizer(config)
         vectorizer.set_vocabulary(words[2:config.vocab_size])  # Pads and OOV come first.
         logging.info("vocabulary: %d words from --vocab_file=%s", len(words), config.vocab_file)
         return vectorizer
     logging.info("building the %d-token vocabulary from %d sampled training rows",
                  config.vocab_size, len(texts))
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(
-        tf.constant(data.object_array(texts), tf.string)).batch(1024))
-    return vectorizer
+    sample = data.Split(data.object_array(texts), np.zeros(len(texts), np.int32))
+    return data.make_vectorizer(sample, config)
 
 
 def read_vocab(path: str) -> list[str]:
@@ -618,14 +609,5 @@ def _bytes(value: float) -> str:
         value /= 1024
     return f"{value:.1f} TB"
 
-
-def per_worker(make: Callable[[int, int], tf.data.Dataset]
-               ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """A ``distribute_datasets_from_function`` function: ``make(worker, workers)``."""
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make(context.input_pipeline_id, context.num_input_pipelines)
-
-    return dataset_fn
 
 
