@@ -2,7 +2,7 @@
 
 Spreadsheet exports, hand-edited CSVs, files joined with ``cat``, class folders
 synced from a Mac: every file here is written by the test and read by the real
-readers (``data.load``); a few runs go through the real CLI, where a user meets
+readers (``sources.load``); a few runs go through the real CLI, where a user meets
 the one ``error:`` line and exit code 2.
 """
 
