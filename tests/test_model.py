@@ -63,6 +63,18 @@ def test_the_embedding_rate_scale_and_beta_2_reach_adam_and_only_the_embedding()
     assert model.make_optimizer(Config(), 100).lr_scales == {"embedding": 10.0}  # The default.
 
 
+def test_the_optimizer_is_named_adam_ahead_of_the_lstm_layer():
+    """Keras' Adam's name: its ops sort before the "lstm" layer's.
+
+    Named "warm_adam" (after "lstm"), Keras' LSTM loop trained about a quarter
+    slower on a 2-core CPU under --article_settings, in every round
+    (docs/performance.md, "The optimizer's name"). Checkpoints do not depend
+    on it (test_ema restores Adam's into WarmAdam and back).
+    """
+    optimizer = model.make_optimizer(Config(), 100)
+    assert optimizer.name == "adam" < model.LSTM_LAYER_NAME
+
+
 def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
     optimizer.iterations.assign(step)
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -39,6 +39,17 @@ def test_a_train_call_returns_named_sums_of_the_steps_it_ran():
     assert trainer.step == 3
 
 
+def test_a_one_step_call_runs_the_function_without_a_loop():
+    """--steps_per_loop=1 (the default) never traces the loop: it slowed Keras' LSTM."""
+    _, trainer = tiny(Task())
+    ids = np.random.default_rng(0).integers(1, 30, size=(8, 6)).astype(np.int32)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((ids, np.arange(8) % 2)).batch(4))
+    assert [int(trainer.train_steps(iterator, 1).steps) for _ in range(3)] == [1, 1, 0]
+    assert trainer.step == 2
+    assert trainer.steps.train.experimental_get_tracing_count() == 0
+    assert trainer.steps.train_one.experimental_get_tracing_count() == 1
+
+
 def test_the_plan_counts_whole_batches_and_the_steps_per_call_the_loop_uses():
     _, trainer = tiny(Task())
     plan = trainer.plan(train_examples=19)

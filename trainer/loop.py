@@ -298,10 +298,17 @@ class Loop:
         The hot path of ``fit``, public for ``benchmarks/``: Python runs once
         per call, never per step.
 
+        A call of one step runs ``train_step``'s function, which has no loop: a
+        ``tf.function`` loop around Keras' LSTM (its own ``tf.while_loop``) ran
+        its steps about a quarter slower on a CPU (``docs/performance.md``,
+        "One step, no loop").
+
         Returns:
           The sums over the steps run (``TrainSums``, a tuple: ``[loss sum,
           correct, examples, steps]``); 0 steps means the iterator was exhausted.
         """
+        if num_steps == 1:
+            return self.steps.train_one(iterator)
         return self.steps.train(iterator, tf.constant(num_steps))
 
     def train_step(self, iterator: Any) -> steps.TrainSums:
