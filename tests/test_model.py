@@ -66,9 +66,9 @@ def test_the_embedding_rate_scale_and_beta_2_reach_adam_and_only_the_embedding()
 def test_the_optimizer_is_named_adam_ahead_of_the_lstm_layer():
     """Keras' Adam's name: its ops sort before the "lstm" layer's.
 
-    Named "warm_adam" (after "lstm"), Keras' LSTM loop trained about a quarter
-    slower on a 2-core CPU under --article_settings, in every round
-    (docs/performance.md, "The optimizer's name"). Checkpoints do not depend
+    Named "warm_adam" (after "lstm"), Keras' LSTM loop trained
+    slower on a 2-core CPU under --article_settings (docs/performance.md,
+    "Keras' LSTM under --article_settings"). Checkpoints do not depend
     on it (test_ema restores Adam's into WarmAdam and back).
     """
     optimizer = model.make_optimizer(Config(), 100)

@@ -300,8 +300,8 @@ class Loop:
 
         A call of one step runs ``train_step``'s function, which has no loop: a
         ``tf.function`` loop around Keras' LSTM (its own ``tf.while_loop``) ran
-        its steps about a quarter slower on a CPU (``docs/performance.md``,
-        "One step, no loop").
+        its steps slower on a CPU (``docs/performance.md``,
+        "Keras' LSTM under --article_settings").
 
         Returns:
           The sums over the steps run (``TrainSums``, a tuple: ``[loss sum,

@@ -74,7 +74,7 @@ def make_optimizer(config: Config, total_steps: int) -> keras.optimizers.Optimiz
         use_ema=bool(config.ema_momentum), ema_momentum=config.ema_momentum,
         beta_2=config.adam_beta_2, lr_scales={EMBEDDING_LAYER_NAME: config.embedding_lr_scale},
         # Keras' Adam's name. Not cosmetic: named after the "lstm" layer ("warm_adam"),
-        # Keras' LSTM loop ran a quarter slower on a CPU (docs/performance.md).
+        # Keras' LSTM loop ran slower on a CPU (docs/performance.md).
         name="adam")
     if keras.config.dtype_policy().name == "mixed_float16":
         # float16 gradients underflow without it; bfloat16 has float32's range.
