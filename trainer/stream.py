@@ -39,7 +39,6 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import keras
 import numpy as np
@@ -164,6 +163,11 @@ class Source:
     test_rows: int = 0
     sample_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
+    @property
+    def validation_rows(self) -> int:
+        """The estimated validation rows of --data_path."""
+        return round(self.rows * self.validation_buckets / BUCKETS)
+
     def split_of(self, bucket_: int, held_out_test: bool) -> int:
         """The split code (``_SPLIT_CODES``) of a row of ``bucket_``."""
         if held_out_test and bucket_ < self.test_buckets:
@@ -277,10 +281,9 @@ def prepare(config: Config) -> tuple[Source, list[str]]:
 
 def split_sizes(source: Source, config: Config) -> Splits:
     """The streamed splits' estimated sizes, for the log and metrics.json."""
-    rows, labels = source.rows, source.sample_labels
-    validation = round(rows * source.validation_buckets / BUCKETS)
     empty = np.zeros(0, np.int32)
-    return Splits(Counted(source.train_rows, labels), Counted(validation, empty),
+    return Splits(Counted(source.train_rows, source.sample_labels),
+                  Counted(source.validation_rows, empty),
                   Counted(source.test_rows, empty), source.kind, source.class_names,
                   config.class_weight, data_fingerprint(source))
 
@@ -291,7 +294,7 @@ def validation_is_small(source: Source) -> bool:
     Each validation pass otherwise reads every shard to find its rows (at most
     about --max_validation_examples, 500 by default).
     """
-    return source.rows * source.validation_buckets / BUCKETS <= _KEPT_VALIDATION_ROWS
+    return source.validation_rows <= _KEPT_VALIDATION_ROWS
 
 
 def data_fingerprint(source: Source) -> str:
@@ -413,9 +416,8 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     def split_rows(name: str) -> Iterator[tuple[str, int]]:
         counts: Counter = Counter()
         for row in read_shard(name, source.kind, config, limit, flag):
-            pass_rows[0] += 1
-            if split != "train":
-                pass_rows[1].update(pass_rows[0])
+            if evaluation:
+                evaluation.row_read()
             if isinstance(row, str):
                 counts[f"skipped ({row})"] += 1
                 continue
@@ -441,16 +443,16 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     # Each shard's rows come from a Python generator, a chunk per call of a tf.py_function
     # (Dataset.from_generator measured 3x slower training steps beside it on 2 cores).
     readers: dict[bytes, Iterator[tuple[np.ndarray, np.ndarray]]] = {}
-    # An evaluation pass reads every row to find its own: its progress, like training's.
-    rows_per_pass = source.rows * len(paths) // max(len(source.train_paths), 1)
-    pass_rows: list[Any] = [0, None, 0]  # Rows read this pass, its Progress, shards started.
+    # An evaluation pass reads every row to find its own: it logs its progress, as training does.
+    evaluation = None if split == "train" else _PassProgress(
+        f"reading the {split} rows", source.rows * len(paths) // max(len(source.train_paths), 1),
+        shards=len(paths))
 
     def next_chunk(path: tf.Tensor, index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
         name = path.numpy()
         if int(index) == 0:  # A new pass over the shard: this dataset's iterator is new.
-            if not pass_rows[2] % len(paths):  # The pass's first shard: a new pass.
-                pass_rows[:2] = [0, Progress(f"reading the {split} rows", rows_per_pass)]
-            pass_rows[2] += 1
+            if evaluation:
+                evaluation.shard_started()
             readers[name] = generate(name)
         try:
             chunk = next(readers[name], None)
@@ -602,12 +604,30 @@ class Progress:
         return _bytes(value) if self.unit == "bytes" else f"{value:,.0f}"
 
 
+@dataclasses.dataclass
+class _PassProgress:
+    """The progress of passes over ``shards`` shards, each a new ``Progress`` of ``total`` rows."""
+
+    what: str
+    total: int
+    shards: int
+    started: int = 0  # Shards started, over every pass.
+    rows: int = 0  # Rows read this pass.
+    progress: Progress | None = None
+
+    def shard_started(self) -> None:
+        if not self.started % self.shards:  # The pass's first shard: a new pass.
+            self.rows, self.progress = 0, Progress(self.what, self.total)
+        self.started += 1
+
+    def row_read(self) -> None:
+        self.rows += 1
+        self.progress.update(self.rows)
+
+
 def _bytes(value: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TB"
-
-
-
