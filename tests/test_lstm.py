@@ -122,15 +122,16 @@ def test_mixed_precision_trains_and_bfloat16_falls_back_to_keras(policy, lean):
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("padding", ["post", "holes"])  # Steps in place, and moved first.
 @pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("chains", [1, 2, 3])
-def test_splitting_the_batch_into_chains_changes_nothing(chains, batch):
+def test_splitting_the_batch_into_chains_changes_nothing(chains, batch, padding):
     inputs = np.random.default_rng(3).normal(size=(batch, STEPS, FEATURES)).astype(np.float32)
     reference, _ = twin_layers()
     lean = LeanLSTM(UNITS, chains=chains)
     lean.build((None, None, FEATURES))
     lean.set_weights(reference.get_weights())
-    mask = padding_mask("post")[:batch]
+    mask = padding_mask(padding)[:batch]
     expected = output_and_gradients(reference, inputs, mask, training=True)
     actual = output_and_gradients(lean, inputs, mask, training=True)
     for want, got in zip(expected, actual, strict=True):

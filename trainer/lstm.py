@@ -21,8 +21,9 @@ gradient, ``BlockLSTMGrad``, every step backwards inside another):
   fill with chains are left to the input pipeline (``cpu_policy``;
   ``--intra_op_threads`` overrides it);
 - a mask is not applied step by step: a masked step carries the state
-  unchanged, so each row's unmasked steps are moved to the front (one gather),
-  and the row's state is read after that many steps.
+  unchanged, so each row's unmasked steps are moved to the front (one gather,
+  skipped when the mask is already right-padded, as the defaults' is), and
+  the row's state is read after that many steps.
 
 Whether that is faster here is measured, not assumed: ``python -m
 benchmarks.lstm_kernel`` and ``python -m benchmarks.throughput`` race it
@@ -193,17 +194,18 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
     lengths = None
     if mask is not None:
         # Masked steps carry the state unchanged, so a row's last state is the state after
-        # its unmasked steps alone, in order. Moving them to the front (stably) makes every
-        # mask right-padded; the state is then read after each row's first `lengths` steps.
-        to_front = tf.argsort(tf.cast(tf.logical_not(mask), tf.int32), axis=1, stable=True)
-        inputs = tf.gather(inputs, to_front, batch_dims=1)
+        # its unmasked steps alone, in order: the state after its first `lengths` steps once
+        # those are moved to the front. A right-padded mask (the defaults') has them there.
         lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+        right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
+        inputs = tf.cond(right_padded, lambda: tf.identity(inputs),
+                         lambda: _unmasked_steps_first(inputs, mask))
     time_major = tf.transpose(inputs, [1, 0, 2])
     hs, cs = [], []
     for chain in _split_rows(chains, tf.shape(inputs)[0], inputs=time_major, h0=h0, c0=c0,
                              lengths=lengths):
-        # [time + 1, rows, units]: the initial state, then the state after every step.
-        # BlockLSTM needs a step and a row: its gradient is garbage for no rows.
+        # [time, rows, units]: the state after every step (BlockLSTM needs a step and a row:
+        # its gradient is garbage for no rows; without either, the initial state stands in).
         every_h, every_c = tf.cond(
             tf.reduce_all(tf.shape(chain["inputs"])[:2] > 0),
             lambda chain=chain: _block_lstm(chain["inputs"], chain["h0"], chain["c0"],
@@ -212,11 +214,12 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
         if chain["lengths"] is None:
             hs.append(every_h[-1])
             cs.append(every_c[-1])
-        else:
-            at_length = tf.stack([chain["lengths"], tf.range(tf.shape(chain["lengths"])[0])],
-                                 axis=1)
-            hs.append(tf.gather_nd(every_h, at_length))
-            cs.append(tf.gather_nd(every_c, at_length))
+        else:  # The state after `lengths` steps; a row with none keeps its initial state.
+            steps = chain["lengths"]
+            last = tf.stack([tf.maximum(steps - 1, 0), tf.range(tf.shape(steps)[0])], axis=1)
+            some = (steps > 0)[:, None]
+            hs.append(tf.where(some, tf.gather_nd(every_h, last), chain["h0"]))
+            cs.append(tf.where(some, tf.gather_nd(every_c, last), chain["c0"]))
     if chains == 1:
         return hs[0], cs[0]
     return tf.concat(hs, 0), tf.concat(cs, 0)
@@ -224,17 +227,23 @@ def lstm_last_state(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, mask: tf.Te
 
 def _block_lstm(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, weights: tf.Tensor,
                 bias: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """One BlockLSTM op over time-major ``inputs``: ``h`` and ``c`` before and after every step.
+    """One BlockLSTM op over time-major ``inputs``: ``h`` and ``c`` after every step.
 
     Returns:
-      ``[time + 1, rows, units]`` each: index t holds the state after t steps.
+      ``[time, rows, units]`` each: index t holds the state after t + 1 steps.
     """
     no_peepholes = tf.zeros_like(bias[:h0.shape[-1]])
     *_, every_c, _, _, _, _, every_h = tf.raw_ops.BlockLSTM(
         seq_len_max=tf.cast(tf.shape(inputs)[0], tf.int64), x=inputs, cs_prev=c0, h_prev=h0,
         w=weights, wci=no_peepholes, wcf=no_peepholes, wco=no_peepholes, b=bias,
         forget_bias=0.0, cell_clip=-1.0, use_peephole=False)  # Keras' LSTM: neither.
-    return tf.concat([h0[None], every_h], axis=0), tf.concat([c0[None], every_c], axis=0)
+    return every_h, every_c
+
+
+def _unmasked_steps_first(inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """``inputs`` with each row's unmasked steps moved, in order, to the front (a stable sort)."""
+    to_front = tf.argsort(tf.cast(tf.logical_not(mask), tf.int32), axis=1, stable=True)
+    return tf.gather(inputs, to_front, batch_dims=1)
 
 
 def _split_rows(chains: int, batch: tf.Tensor,
