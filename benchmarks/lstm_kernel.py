@@ -11,7 +11,10 @@ Both layers get the same weights and the same random inputs (batch 64, 32
 features, 100 units), in two shapes: the article's (500 steps, no mask) and a
 length-bucketed batch (217 steps, right-padded, masked). Every round times each
 layer in turn, inside one ``tf.function`` each; the JSON on stdout holds the
-median examples/s and the median ratio over rounds.
+median examples/s and the median ratio over rounds, and each layer's GFLOP/s as a
+share of a 2048 x 2048 matmul's, timed in a process of its own with TensorFlow's
+default threads (``contenders.matmul_gflops``, as ``benchmarks.throughput`` times
+it): the layer alone is the ceiling for a whole training step's LSTM share.
 
 TensorFlow's intra-op threads are set once for the process, to what
 ``python -m trainer.main`` uses without a GPU (1, ``--intra_op_threads``);
@@ -24,6 +27,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -33,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.contenders import log
+from benchmarks.contenders import TRAIN_FLOPS_PER_TIMESTEP, log
 from trainer.lstm import LeanLSTM
 
 FEATURES, UNITS = 32, 100
@@ -64,8 +69,18 @@ def training_step(layer: keras.layers.Layer) -> Callable[..., tf.Tensor]:
     return step
 
 
+def matmul_gflops_all_cores() -> float:
+    """``contenders.matmul_gflops`` in a fresh process: this one runs one thread per op."""
+    code = "from benchmarks.contenders import matmul_gflops; print(matmul_gflops())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return float(done.stdout.split()[-1])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    peak = matmul_gflops_all_cores()
+    log(f"2048 x 2048 matmul: {peak:.1f} GFLOP/s")
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     rng = np.random.default_rng(0)
     batch = args.batch_size
@@ -81,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bucketed_217_steps_masked": (217, tf.constant(np.arange(217) < lengths[:, None])),
     }
     result: dict = {"benchmark": "lstm_kernel", "batch_size": batch, "rounds": args.rounds,
-                    "batches_per_round": args.batches, "intra_op_threads": args.intra_op_threads}
+                    "batches_per_round": args.batches, "intra_op_threads": args.intra_op_threads,
+                    "matmul_2048_gflops": round(peak, 1)}
     for shape_name, (width, mask) in shapes.items():
         inputs = tf.constant(rng.normal(size=(batch, width, FEATURES)).astype(np.float32))
         for step in steps.values():
@@ -101,6 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
             **{f"{name}_vs_keras": round(statistics.median(
                 rate / base for rate, base in zip(rates[name], rates["keras"], strict=True)), 3)
                for name in rates if name != "keras"},
+            # Every row runs every padded step: FLOPs per example are the width's.
+            **{f"{name}_fraction_of_matmul_peak": round(
+                statistics.median(r) * width * TRAIN_FLOPS_PER_TIMESTEP / 1e9 / peak, 3)
+               for name, r in rates.items()},
         }
     print(json.dumps(result, indent=2))
     return result

@@ -115,3 +115,15 @@ def test_autotune_compares_the_pipeline_with_and_without_autotuning(tmp_path, ca
         assert len(result["examples_per_sec"][side]) == 1  # One process per side a round.
         assert all(rate > 0 for rate in result["examples_per_sec"][side][0])
     assert '"epochs_below_700"' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_lstm_kernel_reports_each_layers_share_of_the_matmul(capsys):
+    from benchmarks import lstm_kernel
+
+    result = lstm_kernel.main(["--rounds=1", "--batches=1", "--batch_size=8"])
+    assert result["matmul_2048_gflops"] > 0  # Timed in a process with every core's threads.
+    for shape in ("article_500_steps_no_mask", "bucketed_217_steps_masked"):
+        for layer in ("keras", "lean_1_chain", "lean_2_chains"):
+            assert 0 < result[shape][f"{layer}_fraction_of_matmul_peak"] < 1
+    assert '"lean_2_chains_fraction_of_matmul_peak"' in capsys.readouterr().out
