@@ -73,7 +73,7 @@ def matmul_gflops_all_cores() -> float:
     """``contenders.matmul_gflops`` in a fresh process: this one runs one thread per op."""
     code = "from benchmarks.contenders import matmul_gflops; print(matmul_gflops())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          check=True)
     return float(done.stdout.split()[-1])
 
 

@@ -298,7 +298,7 @@ class Loop:
         The hot path of ``fit``, public for ``benchmarks/``: Python runs once
         per call, never per step.
 
-        A call of one step runs ``train_step``'s function, which has no loop: a
+        A call of one step is ``train_step``, which has no loop: a
         ``tf.function`` loop around Keras' LSTM (its own ``tf.while_loop``) ran
         its steps slower on a CPU (``docs/performance.md``,
         "Keras' LSTM under --article_settings").
@@ -308,7 +308,7 @@ class Loop:
           correct, examples, steps]``); 0 steps means the iterator was exhausted.
         """
         if num_steps == 1:
-            return self.steps.train_one(iterator)
+            return self.train_step(iterator)
         return self.steps.train(iterator, tf.constant(num_steps))
 
     def train_step(self, iterator: Any) -> steps.TrainSums:

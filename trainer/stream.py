@@ -416,7 +416,7 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     def split_rows(name: str) -> Iterator[tuple[str, int]]:
         counts: Counter = Counter()
         for row in read_shard(name, source.kind, config, limit, flag):
-            if evaluation:
+            if evaluation is not None:
                 evaluation.row_read()
             if isinstance(row, str):
                 counts[f"skipped ({row})"] += 1
@@ -451,7 +451,7 @@ def rows(source: Source, config: Config, split: str, paths: list[str],
     def next_chunk(path: tf.Tensor, index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
         name = path.numpy()
         if int(index) == 0:  # A new pass over the shard: this dataset's iterator is new.
-            if evaluation:
+            if evaluation is not None:
                 evaluation.shard_started()
             readers[name] = generate(name)
         try:
